@@ -1,0 +1,252 @@
+//! `restartable bench counter`: our `Counter` against the ways people count
+//! today, at several thread counts, measured in the same run.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use crossbeam_utils::CachePadded;
+use indicatif::{ProgressBar, ProgressStyle};
+use restartable::Counter;
+use serde::Serialize;
+
+use crate::measure::{self, Budget, Workload};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Variant {
+    /// restartable::Counter (an rseq critical section per add).
+    Counter,
+    /// One AtomicU64 shared by every thread.
+    SharedAtomic,
+    /// Per-CPU AtomicU64 slots, indexed by sched_getcpu(), fetch_add.
+    SchedGetcpuAtomic,
+    /// Per-CPU AtomicU64 slots, indexed by the rseq CPU id, fetch_add.
+    RseqCpuAtomic,
+    /// A plain thread-local counter: the floor.
+    ThreadLocal,
+}
+
+impl Variant {
+    const ALL: [Variant; 5] = [
+        Variant::Counter,
+        Variant::SharedAtomic,
+        Variant::SchedGetcpuAtomic,
+        Variant::RseqCpuAtomic,
+        Variant::ThreadLocal,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Counter => "counter",
+            Variant::SharedAtomic => "shared_atomic",
+            Variant::SchedGetcpuAtomic => "sched_getcpu_atomic",
+            Variant::RseqCpuAtomic => "rseq_cpu_atomic",
+            Variant::ThreadLocal => "thread_local",
+        }
+    }
+}
+
+pub struct Options {
+    pub threads: Vec<u32>,
+    pub duration: f64,
+    pub ops: Option<u64>,
+    pub variants: Vec<Variant>,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    variant: Variant,
+    threads: u32,
+    ns_per_op: f64,
+    mops: f64,
+    exact: bool,
+    /// ns_per_op of this variant over ns_per_op of `counter` at the same
+    /// thread count: how many times slower than Counter (null without a
+    /// counter row).
+    vs_counter: Option<f64>,
+}
+
+struct CounterWork(Counter);
+impl Workload for CounterWork {
+    #[inline(always)]
+    fn op(&self) {
+        self.0.inc();
+    }
+}
+
+struct SharedAtomic(CachePadded<AtomicU64>);
+impl Workload for SharedAtomic {
+    #[inline(always)]
+    fn op(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct PerCpuAtomic<const RSEQ: bool>(Vec<CachePadded<AtomicU64>>);
+impl<const RSEQ: bool> Workload for PerCpuAtomic<RSEQ> {
+    #[inline(always)]
+    fn op(&self) {
+        let cpu = if RSEQ {
+            restartable::current_cpu()
+        } else {
+            // SAFETY: sched_getcpu has no preconditions.
+            (unsafe { libc::sched_getcpu() }).max(0) as usize
+        };
+        let slot = &self.0[cpu % self.0.len()];
+        slot.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+thread_local!(static LOCAL: Cell<u64> = const { Cell::new(0) });
+struct ThreadLocal(AtomicU64);
+impl Workload for ThreadLocal {
+    #[inline(always)]
+    fn op(&self) {
+        LOCAL.set(std::hint::black_box(LOCAL.get()) + 1);
+    }
+    fn thread_done(&self) {
+        self.0.fetch_add(LOCAL.replace(0), Ordering::Relaxed);
+    }
+}
+
+fn per_cpu_slots() -> Vec<CachePadded<AtomicU64>> {
+    (0..restartable::possible_cpus())
+        .map(|_| CachePadded::new(AtomicU64::new(0)))
+        .collect()
+}
+
+/// Runs one variant: (measurement, exact).
+fn measure(variant: Variant, threads: u32, budget: Budget) -> (measure::Measured, bool) {
+    match variant {
+        Variant::Counter => {
+            let w = CounterWork(Counter::new());
+            let m = measure::run(&w, threads, budget);
+            (m, w.0.sum() == m.ops)
+        }
+        Variant::SharedAtomic => {
+            let w = SharedAtomic(CachePadded::new(AtomicU64::new(0)));
+            let m = measure::run(&w, threads, budget);
+            (m, w.0.load(Ordering::Relaxed) == m.ops)
+        }
+        Variant::SchedGetcpuAtomic => {
+            let w = PerCpuAtomic::<false>(per_cpu_slots());
+            let m = measure::run(&w, threads, budget);
+            (
+                m,
+                w.0.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() == m.ops,
+            )
+        }
+        Variant::RseqCpuAtomic => {
+            let w = PerCpuAtomic::<true>(per_cpu_slots());
+            let m = measure::run(&w, threads, budget);
+            (
+                m,
+                w.0.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() == m.ops,
+            )
+        }
+        Variant::ThreadLocal => {
+            let w = ThreadLocal(AtomicU64::new(0));
+            let m = measure::run(&w, threads, budget);
+            (m, w.0.load(Ordering::Relaxed) == m.ops)
+        }
+    }
+}
+
+/// 1, N and 4N threads (N = online CPUs), without repeats.
+pub fn default_threads() -> Vec<u32> {
+    let n = restartable::online_cpus().min(1024) as u32;
+    let mut t = vec![1, n, 4 * n];
+    t.dedup();
+    t
+}
+
+pub fn run(opts: Options) -> Result<(), String> {
+    let threads = if opts.threads.is_empty() {
+        default_threads()
+    } else {
+        opts.threads
+    };
+    let variants = if opts.variants.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        opts.variants
+    };
+    let budget = match opts.ops {
+        Some(n) => Budget::Ops(n),
+        None => Budget::Time(Duration::from_secs_f64(opts.duration)),
+    };
+
+    let progress = ProgressBar::new((threads.len() * variants.len()) as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    for &t in &threads {
+        for &v in &variants {
+            progress.set_message(format!("{} x{t}", v.name()));
+            let (m, exact) = measure(v, t, budget);
+            rows.push(Row {
+                variant: v,
+                threads: t,
+                ns_per_op: m.ns_per_op,
+                mops: m.mops,
+                exact,
+                vs_counter: None,
+            });
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    for i in 0..rows.len() {
+        let base = rows
+            .iter()
+            .find(|r| r.threads == rows[i].threads && r.variant == Variant::Counter)
+            .map(|r| r.ns_per_op);
+        rows[i].vs_counter = base.filter(|b| *b > 0.0).map(|b| rows[i].ns_per_op / b);
+    }
+
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
+    } else {
+        let reg = restartable::registration();
+        println!(
+            "restartable bench counter: {} online CPUs, rseq {} (registered by {})",
+            restartable::online_cpus(),
+            if reg.rseq_available() {
+                "in use"
+            } else {
+                "NOT in use: fallback path"
+            },
+            reg.owner.as_str()
+        );
+        println!(
+            "{:<20} {:>7} {:>14} {:>12} {:>11} {:>6}",
+            "variant", "threads", "ns/op/thread", "Mops/s", "x counter", "exact"
+        );
+        for r in &rows {
+            println!(
+                "{:<20} {:>7} {:>14.2} {:>12.1} {:>11} {:>6}",
+                r.variant.name(),
+                r.threads,
+                r.ns_per_op,
+                r.mops,
+                r.vs_counter.map_or("-".to_owned(), |x| format!("{x:.2}")),
+                if r.exact { "yes" } else { "NO" }
+            );
+        }
+        println!("(x counter: this variant's ns/op over counter's at the same thread count; above 1 means counter is faster)");
+    }
+    if rows.iter().all(|r| r.exact) {
+        Ok(())
+    } else {
+        Err("a variant's final sum was not exact".to_owned())
+    }
+}

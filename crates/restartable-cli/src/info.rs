@@ -1,0 +1,114 @@
+//! `restartable info`: what this machine offers, for a person or as JSON.
+
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Info {
+    rseq_available: bool,
+    owner: &'static str,
+    feature_size: u32,
+    cpu_id: usize,
+    node_id: usize,
+    mm_cid: Option<usize>,
+    possible_cpus: usize,
+    online_cpus: usize,
+    membarrier_rseq: bool,
+    fallback_reason: Option<String>,
+    critical_sections: bool,
+    kernel: Option<String>,
+    libc_version: Option<&'static str>,
+    libc_rseq_offset: Option<isize>,
+    libc_rseq_size: Option<u32>,
+    libc_rseq_flags: Option<u32>,
+    kernel_feature_size: Option<u32>,
+    kernel_align: Option<u32>,
+    disabled_by_user: bool,
+}
+
+fn gather() -> Info {
+    let reg = restartable::registration();
+    let process = restartable::process_info();
+    Info {
+        rseq_available: reg.rseq_available(),
+        owner: reg.owner.as_str(),
+        feature_size: reg.feature_size,
+        cpu_id: restartable::current_cpu(),
+        node_id: restartable::current_node(),
+        mm_cid: restartable::current_mm_cid(),
+        possible_cpus: restartable::possible_cpus(),
+        online_cpus: restartable::online_cpus(),
+        membarrier_rseq: restartable::fence::rseq_fence_supported(),
+        fallback_reason: reg.fallback.map(|r| r.to_string()),
+        critical_sections: restartable::HAS_CRITICAL_SECTIONS,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|s| s.trim().to_owned()),
+        libc_version: restartable::libc_version(),
+        libc_rseq_offset: process.libc.offset,
+        libc_rseq_size: process.libc.size,
+        libc_rseq_flags: process.libc.flags,
+        kernel_feature_size: process.kernel_feature_size,
+        kernel_align: process.kernel_align,
+        disabled_by_user: process.disabled_by_user,
+    }
+}
+
+fn or_absent<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "absent".to_owned(), |v| v.to_string())
+}
+
+pub fn run(json: bool) -> Result<(), String> {
+    let info = gather();
+    if json {
+        let text = serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(());
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "kernel              {}",
+        info.kernel.as_deref().unwrap_or("unknown")
+    );
+    println!(
+        "libc                {}",
+        info.libc_version
+            .map_or("unknown (not glibc)".to_owned(), |v| format!("glibc {v}"))
+    );
+    println!(
+        "libc rseq symbols   __rseq_offset={} __rseq_size={} __rseq_flags={}",
+        or_absent(info.libc_rseq_offset),
+        or_absent(info.libc_rseq_size),
+        or_absent(info.libc_rseq_flags)
+    );
+    println!(
+        "kernel auxv         AT_RSEQ_FEATURE_SIZE={} AT_RSEQ_ALIGN={}",
+        or_absent(info.kernel_feature_size),
+        or_absent(info.kernel_align)
+    );
+    println!("rseq in use         {}", yes_no(info.rseq_available));
+    println!("registered by       {}", info.owner);
+    if let Some(reason) = &info.fallback_reason {
+        println!("fallback reason     {reason}");
+    }
+    println!("feature size        {} bytes", info.feature_size);
+    println!(
+        "critical sections   {}",
+        if info.critical_sections {
+            "yes (x86-64 assembly)"
+        } else {
+            "no (atomic fallback on this architecture)"
+        }
+    );
+    println!("current CPU         {}", info.cpu_id);
+    println!("current node        {}", info.node_id);
+    println!(
+        "current mm_cid      {}",
+        info.mm_cid
+            .map_or("unavailable (feature size < 28)".to_owned(), |c| c
+                .to_string())
+    );
+    println!("possible CPUs       {}", info.possible_cpus);
+    println!("online CPUs         {}", info.online_cpus);
+    println!("membarrier rseq     {}", yes_no(info.membarrier_rseq));
+    Ok(())
+}

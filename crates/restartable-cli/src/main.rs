@@ -1,0 +1,132 @@
+//! `restartable`: what this machine offers for rseq, stress tests of the
+//! per-CPU operations, and benchmarks against the alternatives.
+
+mod bench_counter;
+mod info;
+mod measure;
+mod signals;
+mod stress;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "restartable",
+    version,
+    about = "Linux restartable sequences (rseq): inspect, stress-test, benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what this machine supports: kernel, libc, registration, CPU ids.
+    Info {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark per-CPU operations against their alternatives.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Stress-test an operation under preemption, yields and a signal storm,
+    /// and verify the result exactly.
+    Stress(StressArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// `Counter` against a shared atomic, per-CPU atomics and a thread-local.
+    Counter(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Thread counts to run, comma-separated [default: 1,N,4N with N = online CPUs].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    threads: Vec<u32>,
+    /// Seconds per run (conflicts with --ops).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_duration, conflicts_with = "ops")]
+    duration: f64,
+    /// Operations per thread per run, instead of a fixed duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ops: Option<u64>,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<bench_counter::Variant>,
+    /// Print the rows as a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StressArgs {
+    /// What to stress.
+    mode: stress::Mode,
+    /// Worker threads [default: 6 x online CPUs; for churn: 4000 threads in all].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    threads: Option<u32>,
+    /// Operations per worker thread.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    ops: u64,
+    /// Yield the CPU every N operations (0: never).
+    #[arg(long, default_value_t = 97)]
+    yield_every: u64,
+    /// Per-thread timer signal interval in microseconds (0: no signal storm).
+    /// The handler adds to the same counter.
+    #[arg(long, default_value_t = 50)]
+    signal_us: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if secs.is_finite() && (0.001..=3600.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "duration must be between 0.001 and 3600 seconds, got {s}"
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { json } => info::run(json),
+        Command::Bench {
+            what: BenchWhat::Counter(args),
+        } => bench_counter::run(bench_counter::Options {
+            threads: args.threads,
+            duration: args.duration,
+            ops: args.ops,
+            variants: args.variants,
+            json: args.json,
+        }),
+        Command::Stress(args) => stress::run(stress::Options {
+            mode: args.mode,
+            threads: args.threads,
+            ops: args.ops,
+            yield_every: args.yield_every,
+            signal_us: args.signal_us,
+            json: args.json,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("restartable: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The signal storm used by `restartable stress`: a per-thread interval
+//! timer delivering SIGUSR1 to its own thread, whose handler runs a
+//! caller-chosen action (an operation on the structure under test).
+
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+/// The handler's action; set once before any timer starts.
+static ACTION: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+/// How many times the handler ran its action.
+pub static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    let action = ACTION.load(Ordering::Acquire);
+    if !action.is_null() {
+        // SAFETY: ACTION only ever holds a `fn()` stored by `install`.
+        let f: fn() = unsafe { std::mem::transmute::<*mut (), fn()>(action) };
+        f();
+        DELIVERED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Installs the SIGUSR1 handler running `action` (must be async-signal-safe).
+pub fn install(action: fn()) -> Result<(), String> {
+    ACTION.store(action as *mut (), Ordering::Release);
+    // SAFETY: a zeroed sigaction is a valid starting point; the handler is
+    // an `extern "C" fn(c_int)` as SA_SIGINFO is not set.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "sigaction failed: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// A timer signalling the thread that created it every `interval_us`
+/// microseconds, until dropped (on that same thread).
+pub struct ThreadTimer(libc::timer_t);
+
+impl ThreadTimer {
+    pub fn start(interval_us: u64) -> Result<Self, String> {
+        // SAFETY: sigevent is plain data; zeroed then filled in. gettid has
+        // no preconditions; timer_create writes the id into `timer`.
+        unsafe {
+            let mut sev: libc::sigevent = std::mem::zeroed();
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = libc::SIGUSR1;
+            sev.sigev_notify_thread_id = libc::gettid();
+            let mut timer: libc::timer_t = std::mem::zeroed();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) != 0 {
+                return Err(format!(
+                    "timer_create failed: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let period = libc::timespec {
+                tv_sec: (interval_us / 1_000_000) as libc::time_t,
+                tv_nsec: ((interval_us % 1_000_000) * 1000) as libc::c_long,
+            };
+            let spec = libc::itimerspec {
+                it_interval: period,
+                it_value: period,
+            };
+            if libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) != 0 {
+                let err = std::io::Error::last_os_error();
+                libc::timer_delete(timer);
+                return Err(format!("timer_settime failed: {err}"));
+            }
+            Ok(ThreadTimer(timer))
+        }
+    }
+}
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer was created by `start` and is deleted once.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}

@@ -1,0 +1,93 @@
+//! The command line: output formats and bad input.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn bench_counter_json_has_every_variant_and_exact_sums() {
+    let rows = json_of(&mut restartable(&[
+        "bench",
+        "counter",
+        "--threads",
+        "1,3",
+        "--ops",
+        "20000",
+        "--json",
+    ]));
+    let rows = rows.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 10);
+    for variant in [
+        "counter",
+        "shared_atomic",
+        "sched_getcpu_atomic",
+        "rseq_cpu_atomic",
+        "thread_local",
+    ] {
+        for threads in [1, 3] {
+            let row = rows
+                .iter()
+                .find(|r| r["variant"] == variant && r["threads"] == threads)
+                .unwrap_or_else(|| panic!("no row for {variant} x{threads}"));
+            assert_eq!(row["exact"], true, "{row}");
+            assert!(row["ns_per_op"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["mops"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+}
+
+#[test]
+fn bench_counter_table_is_readable() {
+    let out = restartable(&[
+        "bench",
+        "counter",
+        "--threads",
+        "2",
+        "--ops",
+        "5000",
+        "--variants",
+        "counter,shared_atomic",
+    ])
+    .output()
+    .unwrap();
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ns/op/thread") && text.contains("shared_atomic") && text.contains("yes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn info_text_names_the_owner() {
+    let out = restartable(&["info"]).output().unwrap();
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("registered by") && text.contains("possible CPUs"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    for args in [
+        &["bench", "counter", "--threads", "0"][..],
+        &["bench", "counter", "--threads", "x"],
+        &["bench", "counter", "--duration", "-1"],
+        &["bench", "counter", "--duration", "nan"],
+        &["bench", "counter", "--ops", "0"],
+        &["bench", "counter", "--ops", "5", "--duration", "1"],
+        &["bench", "counter", "--variants", "nope"],
+        &["bench", "nothing"],
+        &["stress", "counter", "--threads", "0"],
+        &["stress", "sideways"],
+        &["frobnicate"],
+    ] {
+        let out = restartable(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}

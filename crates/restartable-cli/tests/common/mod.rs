@@ -1,0 +1,122 @@
+//! Running the `restartable` binary in child processes with a chosen
+//! environment, and reading its JSON.
+
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_restartable");
+
+/// True when the suite must see the rseq path (set by scripts/test.sh on
+/// machines known to support it).
+pub fn require_rseq() -> bool {
+    std::env::var_os("RESTARTABLE_REQUIRE_RSEQ").is_some_and(|v| v == "1")
+}
+
+/// A command for the binary with a clean rseq-related environment.
+pub fn restartable(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RESTARTABLE_DISABLE")
+        .env_remove("GLIBC_TUNABLES");
+    cmd
+}
+
+/// Installs, in the child before exec, a seccomp filter that answers the
+/// rseq system call with `action` (every other call is allowed).
+pub fn with_rseq_filter(cmd: &mut Command, action: seccompiler::SeccompAction) {
+    let filter = seccompiler::SeccompFilter::new(
+        [(libc::SYS_rseq, vec![])].into_iter().collect(),
+        seccompiler::SeccompAction::Allow,
+        action,
+        std::env::consts::ARCH
+            .try_into()
+            .expect("seccompiler supports this architecture"),
+    )
+    .expect("valid seccomp filter");
+    let program: seccompiler::BpfProgram = filter.try_into().expect("filter compiles to BPF");
+    // SAFETY: between fork and exec the closure only calls prctl and seccomp
+    // through apply_filter on a program built before the fork.
+    unsafe {
+        cmd.pre_exec(move || seccompiler::apply_filter(&program).map_err(std::io::Error::other));
+    }
+}
+
+/// Runs the command, insists it succeeded, and parses its stdout as JSON.
+pub fn json_of(cmd: &mut Command) -> Value {
+    let out = cmd.output().expect("spawn restartable");
+    assert_success(&out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "restartable failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Checks a `stress --json` report: exact, on the expected path, and says so.
+pub fn check_stress(report: &Value, label: &str, path: &str, owner: &str) {
+    println!(
+        "[{label}] path={} owners={} aborts={} fallback_ops={} reason={}",
+        report["path"],
+        report["owners"],
+        report["aborts"],
+        report["fallback_ops"],
+        report["fallback_reason"]
+    );
+    assert_eq!(
+        report["exact"], true,
+        "[{label}] sum is not exact: {report}"
+    );
+    assert_eq!(report["sum"], report["expected"], "[{label}] {report}");
+    assert_eq!(report["path"], path, "[{label}] wrong path: {report}");
+    assert_eq!(
+        report["owners"],
+        serde_json::json!([owner]),
+        "[{label}] {report}"
+    );
+    assert!(
+        report["aborts"].is_u64(),
+        "[{label}] tests run with abort-stats: {report}"
+    );
+    let threads = report["threads"].as_u64().unwrap();
+    if path == "rseq" {
+        assert_eq!(
+            report["rseq_threads"].as_u64(),
+            Some(threads),
+            "[{label}] {report}"
+        );
+        // Every fallback completion must be explained by exhausted retries.
+        assert_eq!(
+            report["fallback_ops"], report["retries_exhausted"],
+            "[{label}] {report}"
+        );
+    } else {
+        assert_eq!(
+            report["fallback_threads"].as_u64(),
+            Some(threads),
+            "[{label}] {report}"
+        );
+        assert_eq!(
+            report["aborts"], 0,
+            "[{label}] no section can abort on the fallback path: {report}"
+        );
+        assert!(
+            report["fallback_ops"].as_u64().unwrap() >= report["expected"].as_u64().unwrap(),
+            "[{label}] {report}"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Every way a process can end up on the rseq or the fallback path, each
+//! checked in a child process: who registered, and exact counting under
+//! 6 x CPUs threads, yields and a per-thread signal storm whose handler
+//! counts too. Each test prints the path it exercised.
+
+mod common;
+
+use common::*;
+use seccompiler::SeccompAction;
+
+/// Arguments of the stress run used in every environment.
+const STRESS: &[&str] = &[
+    "stress",
+    "counter",
+    "--ops",
+    "30000",
+    "--yield-every",
+    "37",
+    "--signal-us",
+    "50",
+    "--json",
+];
+
+#[test]
+fn info_reports_libc_registration_by_default() {
+    let info = json_of(&mut restartable(&["info", "--json"]));
+    println!(
+        "[default] owner={} rseq_available={} feature_size={}",
+        info["owner"], info["rseq_available"], info["feature_size"]
+    );
+    for key in [
+        "rseq_available",
+        "owner",
+        "feature_size",
+        "cpu_id",
+        "node_id",
+        "mm_cid",
+        "possible_cpus",
+        "membarrier_rseq",
+        "fallback_reason",
+    ] {
+        assert!(info.get(key).is_some(), "info --json lacks `{key}`: {info}");
+    }
+    let cpu = info["cpu_id"].as_u64().unwrap();
+    assert!(cpu < info["possible_cpus"].as_u64().unwrap());
+    let libc_registered = info["libc_rseq_size"].as_u64().is_some_and(|s| s != 0);
+    if require_rseq() || libc_registered {
+        assert_eq!(
+            info["owner"], "libc",
+            "glibc registered rseq, so the library must adopt it: {info}"
+        );
+        assert_eq!(info["rseq_available"], true);
+        assert_eq!(info["fallback_reason"], serde_json::Value::Null);
+        let feature = info["feature_size"].as_u64().unwrap();
+        assert!(feature >= 20);
+        assert_eq!(
+            info["mm_cid"].is_u64(),
+            feature >= 28,
+            "mm_cid present iff the feature size covers it: {info}"
+        );
+    }
+}
+
+#[test]
+fn stress_on_libc_registration() {
+    let report = json_of(&mut restartable(STRESS));
+    if require_rseq() || report["path"] == "rseq" {
+        check_stress(&report, "libc", "rseq", "libc");
+        assert!(
+            report["aborts"].as_u64().unwrap() > 0,
+            "the signal storm must abort some sections: {report}"
+        );
+    } else {
+        check_stress(&report, "libc", "fallback", "none");
+    }
+}
+
+#[test]
+fn stress_on_library_registration_when_glibc_does_not_register() {
+    let mut cmd = restartable(STRESS);
+    cmd.env("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    let report = json_of(&mut cmd);
+    if require_rseq() || report["path"] == "rseq" {
+        check_stress(&report, "glibc tunable off", "rseq", "library");
+        assert!(
+            report["aborts"].as_u64().unwrap() > 0,
+            "the signal storm must abort some sections: {report}"
+        );
+    } else {
+        check_stress(&report, "glibc tunable off", "fallback", "none");
+    }
+}
+
+#[test]
+fn opt_out_uses_the_fallback() {
+    let mut cmd = restartable(STRESS);
+    cmd.env("RESTARTABLE_DISABLE", "1");
+    let report = json_of(&mut cmd);
+    check_stress(&report, "RESTARTABLE_DISABLE=1", "fallback", "none");
+    assert!(
+        report["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("RESTARTABLE_DISABLE"),
+        "{report}"
+    );
+}
+
+#[test]
+fn opt_out_never_makes_the_rseq_syscall() {
+    // A sandbox that kills the process on rseq: with glibc's registration
+    // off and the opt-out set, the program must still run.
+    let mut cmd = restartable(STRESS);
+    cmd.env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+        .env("RESTARTABLE_DISABLE", "1");
+    with_rseq_filter(&mut cmd, SeccompAction::KillProcess);
+    let report = json_of(&mut cmd);
+    check_stress(&report, "seccomp kill + opt-out", "fallback", "none");
+
+    // And the filter really kills: without the opt-out the library calls
+    // rseq and dies of SIGSYS.
+    let mut cmd = restartable(&["info", "--json"]);
+    cmd.env("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    with_rseq_filter(&mut cmd, SeccompAction::KillProcess);
+    let out = cmd.output().expect("spawn");
+    assert!(
+        !out.status.success(),
+        "the kill filter did not fire; this test proves nothing"
+    );
+}
+
+#[test]
+fn seccomp_enosys_uses_the_fallback() {
+    let mut cmd = restartable(STRESS);
+    with_rseq_filter(&mut cmd, SeccompAction::Errno(libc::ENOSYS as u32));
+    let report = json_of(&mut cmd);
+    check_stress(&report, "seccomp ENOSYS", "fallback", "none");
+    assert!(
+        report["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ENOSYS"),
+        "{report}"
+    );
+}
+
+#[test]
+fn seccomp_eperm_uses_the_fallback() {
+    let mut cmd = restartable(STRESS);
+    with_rseq_filter(&mut cmd, SeccompAction::Errno(libc::EPERM as u32));
+    let report = json_of(&mut cmd);
+    check_stress(&report, "seccomp EPERM", "fallback", "none");
+    assert!(
+        report["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("EPERM"),
+        "{report}"
+    );
+}
+
+#[test]
+fn valgrind_uses_the_fallback() {
+    let mut cmd = std::process::Command::new("valgrind");
+    cmd.args(["--quiet", "--error-exitcode=99", BIN])
+        .args([
+            "stress",
+            "counter",
+            "--threads",
+            "4",
+            "--ops",
+            "3000",
+            "--yield-every",
+            "37",
+            "--signal-us",
+            "200",
+            "--json",
+        ])
+        .env_remove("RESTARTABLE_DISABLE")
+        .env_remove("GLIBC_TUNABLES");
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("valgrind is required by this test (scripts/test.sh installs it): {e}"),
+    };
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    check_stress(&report, "valgrind", "fallback", "none");
+    assert!(
+        report["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ENOSYS"),
+        "{report}"
+    );
+}
+
+#[test]
+fn thread_churn_counts_exactly() {
+    let report = json_of(&mut restartable(&[
+        "stress",
+        "churn",
+        "--threads",
+        "3000",
+        "--json",
+    ]));
+    if require_rseq() || report["path"] == "rseq" {
+        check_stress(&report, "churn, libc", "rseq", "libc");
+    }
+    assert_eq!(report["sum"], 3000);
+
+    let mut cmd = restartable(&["stress", "churn", "--threads", "3000", "--json"]);
+    cmd.env("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    let report = json_of(&mut cmd);
+    if require_rseq() || report["path"] == "rseq" {
+        check_stress(&report, "churn, library", "rseq", "library");
+    }
+    assert_eq!(report["sum"], 3000);
+}

@@ -1,0 +1,97 @@
+//! Per-CPU operations: a critical section when the thread has rseq, with a
+//! bounded number of retries, then the fallback path.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::{self, Attempt};
+use crate::registration::{self, AreaRef};
+use crate::slots::{Padded, SLOT_SHIFT};
+use crate::{cpu, stats};
+
+/// Consecutive aborts after which an operation completes on the fallback
+/// path instead, so a section that can never finish (a debugger
+/// single-stepping it, a signal on every attempt) cannot hang the caller.
+pub(crate) const MAX_ATTEMPTS: u32 = 16;
+
+/// The words of one per-CPU `u64`: `section` is written only by critical
+/// sections running on its CPU (plain, non-atomic adds), `fallback` only
+/// with atomic read-modify-writes. Keeping them apart is what makes mixing
+/// the two paths safe: an atomic add never races a section's plain add on
+/// the same word. The value of the slot is their (wrapping) sum.
+#[derive(Default)]
+#[repr(C)]
+pub(crate) struct SplitWord {
+    pub(crate) section: AtomicU64,
+    pub(crate) fallback: AtomicU64,
+}
+
+impl SplitWord {
+    #[inline]
+    pub(crate) fn load(&self) -> u64 {
+        self.section
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.fallback.load(Ordering::Relaxed))
+    }
+}
+
+/// Adds `count` to the slot of the CPU the calling thread runs on.
+///
+/// One attempt is inlined into the caller; retries after an abort live in a
+/// separate cold function, so each call site carries one copy of the section.
+#[inline(always)]
+pub(crate) fn add(slots: (NonNull<Padded<SplitWord>>, usize), count: u64) {
+    let (base, len) = slots;
+    if arch::HAS_SECTIONS {
+        if let Some(area) = registration::area() {
+            // SAFETY: see `attempt_add`.
+            match unsafe { attempt_add(area, base, len, count) } {
+                Attempt::Committed => {}
+                Attempt::Aborted => add_retry(area, base, len, count),
+                Attempt::OutOfRange => add_fallback(base, len, count, false),
+            }
+            return;
+        }
+    }
+    add_fallback(base, len, count, false)
+}
+
+/// # Safety
+/// `base` points to `len` live slots of `1 << SLOT_SHIFT` bytes whose first
+/// word (`section`) is only ever written by critical sections.
+#[inline(always)]
+unsafe fn attempt_add(
+    area: AreaRef,
+    base: NonNull<Padded<SplitWord>>,
+    len: usize,
+    count: u64,
+) -> Attempt {
+    // SAFETY: `area` is this thread's registered area (an AreaRef cannot
+    // leave its thread); the slot memory is guaranteed by the caller.
+    unsafe { arch::add_indexed::<SLOT_SHIFT>(area.as_ptr(), base.as_ptr() as *mut u8, len, count) }
+}
+
+#[cold]
+#[inline(never)]
+fn add_retry(area: AreaRef, base: NonNull<Padded<SplitWord>>, len: usize, count: u64) {
+    stats::record_abort();
+    for _ in 1..MAX_ATTEMPTS {
+        // SAFETY: the same slots `add` was given.
+        match unsafe { attempt_add(area, base, len, count) } {
+            Attempt::Committed => return,
+            Attempt::Aborted => stats::record_abort(),
+            Attempt::OutOfRange => return add_fallback(base, len, count, false),
+        }
+    }
+    add_fallback(base, len, count, true)
+}
+
+#[cold]
+#[inline(never)]
+fn add_fallback(base: NonNull<Padded<SplitWord>>, len: usize, count: u64, exhausted: bool) {
+    stats::record_fallback(exhausted);
+    let index = cpu::fold(cpu::raw_cpu(), len);
+    // SAFETY: `index < len` and `base` points to `len` live slots.
+    let slot = unsafe { &*base.as_ptr().add(index) };
+    slot.0.fallback.fetch_add(count, Ordering::Relaxed);
+}

@@ -1,0 +1,332 @@
+//! Per-thread rseq registration, cooperating with libc (RSEQ_NOTES §3).
+//!
+//! On first use in a thread the runtime decides, once:
+//! 1. [`DISABLE_ENV`](crate::DISABLE_ENV) is `1`: no rseq, no system call.
+//! 2. libc registered (`__rseq_size != 0`) and this thread's area at
+//!    `thread pointer + __rseq_offset` holds a valid `cpu_id`: adopt it.
+//! 3. Otherwise register an area owned by the library, in static
+//!    thread-local storage that lives until the thread exits (it has no
+//!    destructor, so nothing can free it while the kernel still writes it).
+//! 4. If the kernel refuses, remember why and use the fallback path.
+//!
+//! The only field ever written is `rseq_cs`.
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU32;
+
+use crate::abi::{self, Rseq};
+use crate::{arch, process, sys};
+
+/// Who registered the calling thread's rseq area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// libc (glibc 2.35+) registered it; the library adopted it.
+    Libc,
+    /// The library registered its own area for this thread.
+    Library,
+    /// Nobody: the thread uses the fallback path.
+    None,
+}
+
+impl Owner {
+    /// `"libc"`, `"library"` or `"none"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owner::Libc => "libc",
+            Owner::Library => "library",
+            Owner::None => "none",
+        }
+    }
+}
+
+/// Why a thread does not use rseq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    /// `RESTARTABLE_DISABLE=1` was set: the rseq system call is never made.
+    DisabledByUser,
+    /// This operating system or architecture has no rseq support here (also
+    /// the answer under Miri).
+    Unsupported,
+    /// The kernel refused registration with this `errno`: `ENOSYS` (old
+    /// kernel, seccomp, valgrind, qemu-user, gVisor), `EPERM` (seccomp, or
+    /// another registrant's signature), `EINVAL` (another area is already
+    /// registered for this thread).
+    Refused(i32),
+    /// The thread is still deciding (a signal handler that interrupted the
+    /// thread's first use); the call is served by the fallback path and the
+    /// decision is made by the interrupted first use.
+    Pending,
+}
+
+impl core::fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FallbackReason::DisabledByUser => {
+                f.write_str("disabled by the user (RESTARTABLE_DISABLE=1)")
+            }
+            FallbackReason::Unsupported => f.write_str("rseq is not supported on this platform"),
+            FallbackReason::Refused(errno) => {
+                write!(f, "the kernel refused registration: {}", errno_name(*errno))
+            }
+            FallbackReason::Pending => f.write_str("registration in progress on this thread"),
+        }
+    }
+}
+
+/// Symbolic name of the errno values registration can produce.
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOSYS => "ENOSYS (no rseq: old kernel, seccomp, emulator or sandbox)",
+        libc::EPERM => "EPERM (seccomp, or another registrant's signature)",
+        libc::EINVAL => "EINVAL (another area is already registered for this thread)",
+        libc::EBUSY => "EBUSY",
+        libc::EFAULT => "EFAULT",
+        _ => "unexpected errno",
+    }
+}
+
+/// The calling thread's registration, as decided on its first use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Registration {
+    /// Who owns the registered area.
+    pub owner: Owner,
+    /// Bytes of `struct rseq` the kernel maintains for this thread (20, 28,
+    /// ...); 0 when rseq is not in use.
+    pub feature_size: u32,
+    /// Why rseq is not in use; `None` when it is.
+    pub fallback: Option<FallbackReason>,
+}
+
+impl Registration {
+    /// True when the thread's operations run as rseq critical sections.
+    pub fn rseq_available(&self) -> bool {
+        self.fallback.is_none()
+    }
+}
+
+/// The calling thread's registration, registering it first if needed.
+pub fn registration() -> Registration {
+    let _ = area();
+    let state = STATE.get();
+    match state.owner {
+        OWNER_LIBC | OWNER_LIBRARY if AREA.get().addr() > BUSY => Registration {
+            owner: if state.owner == OWNER_LIBC {
+                Owner::Libc
+            } else {
+                Owner::Library
+            },
+            feature_size: state.feature_size,
+            fallback: None,
+        },
+        _ => Registration {
+            owner: Owner::None,
+            feature_size: 0,
+            fallback: Some(state.reason.unwrap_or(FallbackReason::Pending)),
+        },
+    }
+}
+
+// AREA holds the thread's area, or one of these marker addresses (an area
+// is 32-byte aligned, so no real address collides with them).
+const UNDECIDED: usize = 0;
+const UNAVAILABLE: usize = 1;
+const BUSY: usize = 2;
+
+const fn marker(addr: usize) -> *const Rseq {
+    core::ptr::without_provenance(addr)
+}
+
+const OWNER_NONE: u8 = 0;
+const OWNER_LIBC: u8 = 1;
+const OWNER_LIBRARY: u8 = 2;
+
+#[derive(Clone, Copy)]
+struct ThreadState {
+    owner: u8,
+    feature_size: u32,
+    reason: Option<FallbackReason>,
+}
+
+/// Room for the kernel's `struct rseq` as it grows: the library registers
+/// `max(32, feature size)` bytes when that fits here, else the original 32.
+const OWNED_AREA_SIZE: usize = 128;
+const OWNED_AREA_ALIGN: u32 = 64;
+
+#[repr(C, align(64))]
+struct OwnedArea {
+    rseq: Rseq,
+    _tail: [AtomicU32; (OWNED_AREA_SIZE - 32) / 4],
+}
+
+const _: () = assert!(core::mem::size_of::<OwnedArea>() == OWNED_AREA_SIZE);
+const _: () = assert!(core::mem::align_of::<OwnedArea>() == OWNED_AREA_ALIGN as usize);
+
+thread_local! {
+    static AREA: Cell<*const Rseq> = const { Cell::new(marker(UNDECIDED)) };
+    static STATE: Cell<ThreadState> = const {
+        Cell::new(ThreadState { owner: OWNER_NONE, feature_size: 0, reason: None })
+    };
+    // No destructor: the storage stays valid until the thread is gone, which
+    // is as long as the kernel may write to it.
+    static OWNED: OwnedArea = const {
+        OwnedArea {
+            rseq: Rseq::new(),
+            _tail: [const { AtomicU32::new(0) }; (OWNED_AREA_SIZE - 32) / 4],
+        }
+    };
+}
+
+/// A reference to the calling thread's registered area. It is neither
+/// `Send` nor `Sync`: the area belongs to this thread.
+#[derive(Clone, Copy)]
+pub(crate) struct AreaRef {
+    ptr: NonNull<Rseq>,
+    _not_send: PhantomData<*const Rseq>,
+}
+
+impl AreaRef {
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &Rseq {
+        // SAFETY: the area is libc's or our thread-local one; both live until
+        // this thread exits, and an AreaRef cannot leave the thread.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    #[inline(always)]
+    pub(crate) fn as_ptr(&self) -> *const Rseq {
+        self.ptr.as_ptr()
+    }
+}
+
+/// The calling thread's registered area, or `None` when the thread uses the
+/// fallback path. The first call in a thread registers it.
+#[inline(always)]
+pub(crate) fn area() -> Option<AreaRef> {
+    let ptr = AREA.get();
+    if ptr.addr() > BUSY {
+        // SAFETY: only `decide` stores addresses above BUSY, and they are
+        // non-null pointers to live areas.
+        let ptr = unsafe { NonNull::new_unchecked(ptr as *mut Rseq) };
+        Some(AreaRef {
+            ptr,
+            _not_send: PhantomData,
+        })
+    } else if ptr.addr() == UNDECIDED {
+        decide()
+    } else {
+        None
+    }
+}
+
+/// The feature size of the calling thread's registration (0 without rseq).
+#[inline]
+pub(crate) fn feature_size() -> u32 {
+    STATE.get().feature_size
+}
+
+#[cold]
+#[inline(never)]
+fn decide() -> Option<AreaRef> {
+    // A signal handler running on this thread while we decide sees BUSY and
+    // takes the fallback path instead of re-entering.
+    AREA.set(marker(BUSY));
+    let (area, state) = match choose() {
+        Ok((area, owner, feature_size)) => (
+            area,
+            ThreadState {
+                owner,
+                feature_size,
+                reason: None,
+            },
+        ),
+        Err(reason) => (
+            marker(UNAVAILABLE),
+            ThreadState {
+                owner: OWNER_NONE,
+                feature_size: 0,
+                reason: Some(reason),
+            },
+        ),
+    };
+    STATE.set(state);
+    AREA.set(area);
+    (area.addr() > BUSY).then(|| AreaRef {
+        // SAFETY: `choose` returns non-null pointers to live areas.
+        ptr: unsafe { NonNull::new_unchecked(area as *mut Rseq) },
+        _not_send: PhantomData,
+    })
+}
+
+fn choose() -> Result<(*const Rseq, u8, u32), FallbackReason> {
+    if cfg!(miri) || abi::SIGNATURE == 0 {
+        return Err(FallbackReason::Unsupported);
+    }
+    let info = process::process_info();
+    if info.disabled_by_user {
+        return Err(FallbackReason::DisabledByUser);
+    }
+    if let (true, Some(offset), Some(size), Some(tp)) = (
+        info.libc.registered(),
+        info.libc.offset,
+        info.libc.size,
+        arch::thread_pointer(),
+    ) {
+        let ptr = tp.wrapping_offset(offset) as *const Rseq;
+        if ptr.is_aligned() {
+            // SAFETY: libc placed this thread's area at tp + __rseq_offset;
+            // we only load from it.
+            let area = unsafe { &*ptr };
+            if area.cpu_id() >= 0 {
+                return Ok((
+                    ptr,
+                    OWNER_LIBC,
+                    process::libc_feature_size(size, info.kernel_feature_size),
+                ));
+            }
+        }
+        // libc registers the threads it creates; this one (a raw clone, or a
+        // registration that failed) is not registered, so register our own.
+    }
+    register_owned(info.kernel_feature_size, info.kernel_align)
+}
+
+fn register_owned(
+    kernel_feature: Option<u32>,
+    kernel_align: Option<u32>,
+) -> Result<(*const Rseq, u8, u32), FallbackReason> {
+    let feature = kernel_feature.unwrap_or(abi::ORIG_FEATURE_SIZE);
+    let align = kernel_align
+        .unwrap_or(abi::ORIG_AREA_SIZE)
+        .max(abi::ORIG_AREA_SIZE);
+    let wanted_len = feature.max(abi::ORIG_AREA_SIZE);
+    // The original 32-byte registration is accepted by every kernel; use it
+    // when the kernel wants more room or alignment than the area has.
+    let (len, feature) = if wanted_len as usize <= OWNED_AREA_SIZE && align <= OWNED_AREA_ALIGN {
+        (wanted_len, feature)
+    } else {
+        (abi::ORIG_AREA_SIZE, feature.min(abi::ORIG_AREA_SIZE))
+    };
+    let ptr = OWNED.with(|a| a as *const OwnedArea);
+    let raw = ptr as *mut core::ffi::c_void;
+    // SAFETY: the area is static thread-local storage without a destructor:
+    // valid until the thread exits, never reused meanwhile, 64-byte aligned
+    // (enough for `len`, checked above).
+    match unsafe { sys::rseq_register(raw, len, abi::SIGNATURE) } {
+        // EBUSY: this very area is already registered (a fork child whose
+        // thread state was reset); it is ours and usable.
+        Ok(()) | Err(libc::EBUSY) => {
+            // SAFETY: `ptr` is the live area registered just above.
+            let area = unsafe { &(*ptr).rseq };
+            if area.cpu_id() >= 0 {
+                Ok((ptr.cast::<Rseq>(), OWNER_LIBRARY, feature))
+            } else {
+                // Registered but not reporting a CPU: do not trust it.
+                let _ = sys::rseq_unregister(raw, len, abi::SIGNATURE);
+                Err(FallbackReason::Refused(libc::EINVAL))
+            }
+        }
+        Err(errno) => Err(FallbackReason::Refused(errno)),
+    }
+}

@@ -1,0 +1,225 @@
+//! What the runtime asks of the operating system: the rseq and membarrier
+//! system calls, the auxiliary vector, libc's exported symbols and the CPU
+//! topology files. Every result is checked and returned as a value; nothing
+//! here panics or allocates (so it may run on first use inside a signal
+//! handler).
+//!
+//! Under Miri and on other operating systems every query answers "not
+//! available", which sends the rest of the crate down the fallback path.
+
+/// An `errno` value returned by a failed system call.
+pub type Errno = i32;
+
+#[cfg(all(target_os = "linux", not(miri)))]
+mod imp {
+    use super::Errno;
+    use core::ffi::{c_char, c_void, CStr};
+
+    fn errno() -> Errno {
+        // SAFETY: `__errno_location` returns the calling thread's errno slot,
+        // valid for the whole life of the thread.
+        unsafe { *libc::__errno_location() }
+    }
+
+    /// `getauxval(key)`, or `None` when the entry is absent (or zero).
+    pub fn auxval(key: u64) -> Option<u64> {
+        // SAFETY: getauxval only reads the process's auxiliary vector.
+        let value = unsafe { libc::getauxval(key as libc::c_ulong) };
+        (value != 0).then_some(value as u64)
+    }
+
+    /// Registers `area` of `len` bytes for the calling thread.
+    ///
+    /// # Safety
+    /// `area` must stay valid, and not be reused for anything else, until the
+    /// thread exits or unregisters it; it must be aligned as the kernel
+    /// requires for `len`.
+    pub unsafe fn rseq_register(area: *mut c_void, len: u32, signature: u32) -> Result<(), Errno> {
+        // SAFETY: the caller guarantees the area outlives the registration;
+        // the syscall only records the pointer.
+        let rc = unsafe { libc::syscall(libc::SYS_rseq, area, len, 0, signature) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// Unregisters `area`, which must have been registered with the same
+    /// `len` and `signature` by this thread.
+    pub fn rseq_unregister(area: *mut c_void, len: u32, signature: u32) -> Result<(), Errno> {
+        // SAFETY: unregistering only makes the kernel forget the pointer; a
+        // mismatched area, length or signature is refused with an errno.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rseq,
+                area,
+                len,
+                crate::abi::FLAG_UNREGISTER,
+                signature,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// `membarrier(cmd, flags, cpu_id)`: the raw system call.
+    pub fn membarrier(cmd: i32, flags: u32, cpu_id: i32) -> Result<i64, Errno> {
+        // SAFETY: membarrier takes plain integers and touches no user memory.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, cmd, flags, cpu_id) };
+        if rc >= 0 {
+            Ok(rc as i64)
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// True when the environment variable `name` is set to exactly "1".
+    pub fn env_is_one(name: &CStr) -> bool {
+        // SAFETY: getenv reads the environment without allocating; the
+        // returned string is only read before any further environment call
+        // on this thread.
+        let value = unsafe { libc::getenv(name.as_ptr()) };
+        // SAFETY: a non-null result of getenv is a NUL-terminated string.
+        !value.is_null() && unsafe { CStr::from_ptr(value) }.to_bytes() == b"1"
+    }
+
+    /// The address of a data symbol exported by any loaded object (libc's
+    /// `__rseq_offset`, say), looked up at run time so that a libc without it
+    /// still links.
+    pub fn data_symbol(name: &CStr) -> Option<*const c_void> {
+        // SAFETY: dlsym with RTLD_DEFAULT only searches the loaded objects.
+        let ptr = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!ptr.is_null()).then_some(ptr as *const c_void)
+    }
+
+    /// `sched_getcpu()`, or `None` on failure.
+    pub fn sched_getcpu() -> Option<u32> {
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        u32::try_from(cpu).ok()
+    }
+
+    /// The `getcpu` system call: (CPU, NUMA node), or `None` on failure.
+    pub fn getcpu() -> Option<(u32, u32)> {
+        let mut cpu: u32 = 0;
+        let mut node: u32 = 0;
+        // SAFETY: both pointers are valid for a u32 write; the third
+        // argument (a cache) is unused by the kernel and may be null.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_getcpu,
+                &mut cpu as *mut u32,
+                &mut node as *mut u32,
+                core::ptr::null_mut::<c_void>(),
+            )
+        };
+        (rc == 0).then_some((cpu, node))
+    }
+
+    /// `sysconf(_SC_NPROCESSORS_CONF)` / `_SC_NPROCESSORS_ONLN`.
+    pub fn sysconf_cpus(online: bool) -> Option<usize> {
+        let name = if online {
+            libc::_SC_NPROCESSORS_ONLN
+        } else {
+            libc::_SC_NPROCESSORS_CONF
+        };
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(name) };
+        usize::try_from(n).ok().filter(|&n| n > 0)
+    }
+
+    /// Reads a small file (a sysfs CPU list) into `buf` without allocating;
+    /// returns the bytes read.
+    pub fn read_small_file<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        // SAFETY: `path` is NUL-terminated; open has no other precondition.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        let mut len = 0;
+        while len < buf.len() {
+            // SAFETY: the destination is the unfilled tail of `buf`.
+            let n =
+                unsafe { libc::read(fd, buf[len..].as_mut_ptr() as *mut c_void, buf.len() - len) };
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            len += n as usize;
+        }
+        // SAFETY: `fd` was opened above and is closed once.
+        unsafe { libc::close(fd) };
+        Some(&buf[..len])
+    }
+
+    /// libc's version string (`gnu_get_libc_version`), when libc is glibc.
+    #[cfg(target_env = "gnu")]
+    pub fn libc_version() -> Option<&'static str> {
+        // SAFETY: returns a pointer to a static NUL-terminated string.
+        let ptr: *const c_char = unsafe { libc::gnu_get_libc_version() };
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, static and NUL-terminated per glibc's contract.
+        unsafe { CStr::from_ptr(ptr) }.to_str().ok()
+    }
+
+    /// libc's version string; unknown outside glibc.
+    #[cfg(not(target_env = "gnu"))]
+    pub fn libc_version() -> Option<&'static str> {
+        None
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+mod imp {
+    //! Portable answers: nothing of Linux is available.
+    use super::Errno;
+    use core::ffi::{c_void, CStr};
+
+    const ENOSYS: Errno = 38;
+
+    pub fn auxval(_key: u64) -> Option<u64> {
+        None
+    }
+    /// # Safety
+    /// Never touches `area`; unsafe only to match the Linux signature.
+    pub unsafe fn rseq_register(_area: *mut c_void, _len: u32, _sig: u32) -> Result<(), Errno> {
+        Err(ENOSYS)
+    }
+    pub fn rseq_unregister(_area: *mut c_void, _len: u32, _sig: u32) -> Result<(), Errno> {
+        Err(ENOSYS)
+    }
+    pub fn membarrier(_cmd: i32, _flags: u32, _cpu_id: i32) -> Result<i64, Errno> {
+        Err(ENOSYS)
+    }
+    pub fn env_is_one(name: &CStr) -> bool {
+        std::env::var_os(name.to_str().unwrap_or_default()).is_some_and(|v| v == "1")
+    }
+    pub fn data_symbol(_name: &CStr) -> Option<*const c_void> {
+        None
+    }
+    pub fn sched_getcpu() -> Option<u32> {
+        None
+    }
+    pub fn getcpu() -> Option<(u32, u32)> {
+        None
+    }
+    pub fn sysconf_cpus(_online: bool) -> Option<usize> {
+        std::thread::available_parallelism().ok().map(|n| n.get())
+    }
+    pub fn read_small_file<'a>(_path: &CStr, _buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        None
+    }
+    pub fn libc_version() -> Option<&'static str> {
+        None
+    }
+}
+
+pub use imp::*;
