@@ -1,0 +1,80 @@
+//! A debugger single-stepping a critical section aborts it on every step;
+//! the operation must still complete (on the fallback path) in bounded time.
+
+use std::time::{Duration, Instant};
+
+use restartable::Counter;
+
+static COUNTER: Counter = Counter::new();
+const INCREMENTS: u64 = 3;
+
+fn wait(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    status
+}
+
+#[test]
+fn single_stepped_operations_complete() {
+    if !restartable::registration().rseq_available() {
+        println!("[single-step] path=fallback: nothing to abort; checking only termination");
+    }
+    // Allocate and register before fork: the child must not allocate.
+    COUNTER.add(0);
+    let before = restartable::stats::stats().expect("built with abort-stats");
+
+    // SAFETY: the child only calls async-signal-safe functions and our
+    // allocation-free counter, then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: plain system calls in the child.
+        unsafe {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::raise(libc::SIGSTOP);
+        }
+        for _ in 0..INCREMENTS {
+            COUNTER.inc();
+        }
+        let stats = restartable::stats::stats().unwrap();
+        let exhausted = stats.retries_exhausted - before.retries_exhausted;
+        let code = if COUNTER.sum() != INCREMENTS {
+            10
+        } else if restartable::registration().rseq_available() && exhausted != INCREMENTS {
+            // Every stepped section must have aborted until the retry
+            // bound, then completed on the fallback path.
+            20 + exhausted as i32
+        } else {
+            0
+        };
+        // SAFETY: leave without running the test harness's exit path.
+        unsafe { libc::_exit(code) };
+    }
+
+    let status = wait(pid);
+    assert!(libc::WIFSTOPPED(status), "child did not stop: {status:#x}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut steps = 0u64;
+    loop {
+        // SAFETY: stepping our stopped, traced child.
+        let rc = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0) };
+        assert_eq!(rc, 0, "PTRACE_SINGLESTEP: {}", std::io::Error::last_os_error());
+        steps += 1;
+        let status = wait(pid);
+        if libc::WIFEXITED(status) {
+            let code = libc::WEXITSTATUS(status);
+            println!("[single-step] child finished after {steps} steps, exit code {code}");
+            assert_eq!(code, 0, "10: wrong sum; 20+n: only n of {INCREMENTS} increments exhausted their retries");
+            return;
+        }
+        assert!(!libc::WIFSIGNALED(status), "child killed by signal {}", libc::WTERMSIG(status));
+        if Instant::now() > deadline || steps > 50_000_000 {
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait(pid);
+            panic!("single-stepped child did not finish after {steps} steps: livelock");
+        }
+    }
+}
