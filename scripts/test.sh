@@ -26,6 +26,9 @@ fi
 if ! rustup target list --toolchain stable --installed | grep -qx aarch64-unknown-linux-gnu; then
     rustup target add aarch64-unknown-linux-gnu --toolchain stable
 fi
+if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+fi
 nightly_components=$(rustup component list --toolchain nightly --installed 2>/dev/null || true)
 if ! grep -q '^miri' <<<"$nightly_components" || ! grep -q '^rust-src' <<<"$nightly_components"; then
     rustup component add miri rust-src --toolchain nightly

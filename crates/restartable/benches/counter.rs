@@ -15,8 +15,12 @@ fn increments(c: &mut Criterion) {
     let counter = Counter::new();
     group.bench_function("counter", |b| b.iter(|| counter.inc()));
     let shared = AtomicU64::new(0);
-    group.bench_function("shared_atomic", |b| b.iter(|| shared.fetch_add(1, Ordering::Relaxed)));
-    let slots: Vec<AtomicU64> = (0..restartable::possible_cpus()).map(|_| AtomicU64::new(0)).collect();
+    group.bench_function("shared_atomic", |b| {
+        b.iter(|| shared.fetch_add(1, Ordering::Relaxed))
+    });
+    let slots: Vec<AtomicU64> = (0..restartable::possible_cpus())
+        .map(|_| AtomicU64::new(0))
+        .collect();
     group.bench_function("sched_getcpu_atomic", |b| {
         b.iter(|| {
             // SAFETY: sched_getcpu has no preconditions.
@@ -35,7 +39,9 @@ fn cpu_ids(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_id");
     group.bench_function("current_cpu", |b| b.iter(restartable::current_cpu));
     // SAFETY: sched_getcpu has no preconditions.
-    group.bench_function("sched_getcpu", |b| b.iter(|| unsafe { libc::sched_getcpu() }));
+    group.bench_function("sched_getcpu", |b| {
+        b.iter(|| unsafe { libc::sched_getcpu() })
+    });
     group.finish();
 }
 

@@ -12,11 +12,16 @@ fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
         set
     };
     // SAFETY: CPU_ISSET only reads the set.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
 
 fn pin_to(cpu: usize) {
@@ -24,25 +29,42 @@ fn pin_to(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
 #[test]
+#[allow(clippy::assertions_on_constants)] // HAS_CRITICAL_SECTIONS differs per target
 fn registration_follows_libc() {
     let reg = registration();
     let info = restartable::process_info();
     println!("[in-process] {reg:?} {info:?}");
     if require_rseq() {
-        assert!(reg.rseq_available(), "rseq required but not in use: {reg:?}");
-        assert!(restartable::HAS_CRITICAL_SECTIONS, "rseq required but no sections on this target");
+        assert!(
+            reg.rseq_available(),
+            "rseq required but not in use: {reg:?}"
+        );
+        assert!(
+            restartable::HAS_CRITICAL_SECTIONS,
+            "rseq required but no sections on this target"
+        );
     }
     if info.libc.registered() && !info.disabled_by_user {
-        assert_eq!(reg.owner, Owner::Libc, "glibc registered, so its area must be adopted");
+        assert_eq!(
+            reg.owner,
+            Owner::Libc,
+            "glibc registered, so its area must be adopted"
+        );
     }
     if reg.rseq_available() {
         assert!(reg.feature_size >= 20);
-        assert_eq!(restartable::current_mm_cid().is_some(), reg.feature_size >= 28);
+        assert_eq!(
+            restartable::current_mm_cid().is_some(),
+            reg.feature_size >= 28
+        );
     } else {
         assert_eq!(reg.owner, Owner::None);
         assert!(reg.fallback.is_some());
@@ -58,7 +80,14 @@ fn cpu_ids_match_the_cpu_a_thread_is_pinned_to() {
     let possible = restartable::possible_cpus();
     let cpus = allowed_cpus();
     assert!(!cpus.is_empty());
-    println!("[cpu ids] path={} allowed={cpus:?} possible={possible}", if registration().rseq_available() { "rseq" } else { "fallback" });
+    println!(
+        "[cpu ids] path={} allowed={cpus:?} possible={possible}",
+        if registration().rseq_available() {
+            "rseq"
+        } else {
+            "fallback"
+        }
+    );
     for cpu in cpus {
         std::thread::spawn(move || {
             pin_to(cpu);

@@ -60,16 +60,28 @@ fn single_stepped_operations_complete() {
     loop {
         // SAFETY: stepping our stopped, traced child.
         let rc = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0) };
-        assert_eq!(rc, 0, "PTRACE_SINGLESTEP: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "PTRACE_SINGLESTEP: {}",
+            std::io::Error::last_os_error()
+        );
         steps += 1;
         let status = wait(pid);
         if libc::WIFEXITED(status) {
             let code = libc::WEXITSTATUS(status);
             println!("[single-step] child finished after {steps} steps, exit code {code}");
-            assert_eq!(code, 0, "10: wrong sum; 20+n: only n of {INCREMENTS} increments exhausted their retries");
+            assert_eq!(
+                code, 0,
+                "10: wrong sum; 20+n: only n of {INCREMENTS} increments exhausted their retries"
+            );
             return;
         }
-        assert!(!libc::WIFSIGNALED(status), "child killed by signal {}", libc::WTERMSIG(status));
+        assert!(
+            !libc::WIFSIGNALED(status),
+            "child killed by signal {}",
+            libc::WTERMSIG(status)
+        );
         if Instant::now() > deadline || steps > 50_000_000 {
             // SAFETY: killing our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
