@@ -48,7 +48,9 @@ pub(crate) fn add(slots: (NonNull<Padded<SplitWord>>, usize), count: u64) {
             match unsafe { attempt_add(area, base, len, count) } {
                 Attempt::Committed => {}
                 Attempt::Aborted => add_retry(area, base, len, count),
-                Attempt::OutOfRange => add_fallback(base, len, count, false),
+                Attempt::OutOfRange | Attempt::CompareFailed(_) => {
+                    add_fallback(base, len, count, false)
+                }
             }
             return;
         }
@@ -80,7 +82,9 @@ fn add_retry(area: AreaRef, base: NonNull<Padded<SplitWord>>, len: usize, count:
         match unsafe { attempt_add(area, base, len, count) } {
             Attempt::Committed => return,
             Attempt::Aborted => stats::record_abort(),
-            Attempt::OutOfRange => return add_fallback(base, len, count, false),
+            Attempt::OutOfRange | Attempt::CompareFailed(_) => {
+                return add_fallback(base, len, count, false)
+            }
         }
     }
     add_fallback(base, len, count, true)

@@ -15,6 +15,9 @@ pub(crate) enum Attempt {
     /// The section exited early: the CPU the kernel reported is not a valid
     /// index (or the area is not registered).
     OutOfRange,
+    /// Compare number `n` (0 for the first) found a different value; the
+    /// value seen was written to the operation's `seen` pointer.
+    CompareFailed(u8),
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]

@@ -1,0 +1,397 @@
+//! The per-CPU operations as raw critical sections (RSEQ_NOTES §5).
+//!
+//! Each operation is one attempt at one critical section on data the caller
+//! chose by an [`Id`] (a CPU number or a concurrency id, `mm_cid`). The
+//! section first checks that the thread still runs with that id, then does
+//! its loads and compares, and publishes its effect with one final store, the
+//! commit. The kernel aborts the attempt if the thread is preempted, migrated
+//! or signalled before the commit; the [`Outcome`] says which of these
+//! happened. [`Thread::retry`] repeats an attempt a bounded number of times.
+//!
+//! | operation | effect on the current CPU's data | reference name |
+//! |---|---|---|
+//! | [`compare_store`](Thread::compare_store) | if `*v == expect` then `*v = new` | `load_cbne_store` |
+//! | [`add`](Thread::add) | `*v += count` | `load_add_store` |
+//! | [`pop`](Thread::pop) | if `*v != expect_not`: return `*v`, `*v = *(*v + offset)` | `load_cbeq_store_add_load_store` |
+//! | [`deref_add`](Thread::deref_add) | `**(*p + offset) += count` | `load_add_load_load_add_store` |
+//! | [`compare2_store`](Thread::compare2_store) | if `*v == expect && *v2 == expect2` then `*v = new` | `load_cbne_load_cbne_store` |
+//! | [`store_then_store`](Thread::store_then_store) | if `*v == expect`: `*v2 = new2`, then `*v = new` | `load_cbne_store_store` |
+//! | [`memcpy_then_store`](Thread::memcpy_then_store) | if `*v == expect`: copy `len` bytes, then `*v = new` | `load_cbne_memcpy_store` |
+//!
+//! # Safety contract of every operation
+//!
+//! - Every pointer is valid for the accesses the operation makes, and
+//!   8-byte aligned where it names a `u64`.
+//! - The words an operation *stores to* belong to the data of the CPU (or
+//!   concurrency id) `id` names, and nothing writes them except critical
+//!   sections using the same kind of id for that data, or code that first
+//!   stops such sections and fences them (see RSEQ_NOTES §5). A plain
+//!   atomic read-modify-write from another thread racing a section on the
+//!   same word loses updates.
+//! - Words read but not written (the second compare of
+//!   [`compare2_store`](Thread::compare2_store), the list nodes of
+//!   [`pop`](Thread::pop)) are stable while reachable from the data.
+//!
+//! Release: with [`Order::Release`] the commit is a store-release (every
+//! earlier store of the section and of the thread is visible to whoever
+//! observes the commit). On x86-64 every store already is one.
+
+use crate::arch::{self, Attempt};
+use crate::registration::{self, AreaRef};
+use crate::{abi, ops, stats};
+
+/// Which per-thread id a section compares, and the caller used to pick its
+/// data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Index {
+    /// The CPU number (`cpu_id`), below [`possible_cpus`](crate::possible_cpus).
+    Cpu,
+    /// The concurrency id (`mm_cid`, Linux 6.3+): dense, below the number
+    /// of threads of the process running at once.
+    MmCid,
+}
+
+/// Memory order of the commit store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Order {
+    /// A plain store.
+    Relaxed,
+    /// A store-release: publishes data written before it.
+    Release,
+}
+
+/// An id read from the thread's rseq area, with the kind it is. Only
+/// [`Thread::id`] makes one, so an operation can only compare an id the
+/// kernel maintains for this thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Id {
+    value: u32,
+    index: Index,
+}
+
+impl Id {
+    /// The id: a CPU number or a concurrency id.
+    pub fn value(self) -> u32 {
+        self.value
+    }
+    /// [`value`](Self::value) as an index.
+    pub fn as_usize(self) -> usize {
+        self.value as usize
+    }
+    /// The kind of id.
+    pub fn index(self) -> Index {
+        self.index
+    }
+}
+
+/// What one attempt did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome<T = ()> {
+    /// The commit executed; `T` is what the operation returns (the popped
+    /// head for [`pop`](Thread::pop)).
+    Committed(T),
+    /// Compare number `which` (0 for the first) did not hold: `seen` is the
+    /// value the section read. Nothing was stored to the data.
+    CompareFailed {
+        /// Which compare failed.
+        which: u8,
+        /// The value the section read there.
+        seen: u64,
+    },
+    /// The kernel aborted the section (preemption, migration, signal), or
+    /// the thread no longer has the id the caller passed. Nothing was
+    /// committed; read the id again and retry.
+    Aborted,
+}
+
+/// Every attempt of [`Thread::retry`] aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RetriesExhausted;
+
+impl core::fmt::Display for RetriesExhausted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "critical section aborted {} times in a row",
+            ops::MAX_ATTEMPTS
+        )
+    }
+}
+
+/// The calling thread's rseq area, proof that this thread can run critical
+/// sections. Neither `Send` nor `Sync`.
+#[derive(Clone, Copy)]
+pub struct Thread {
+    area: AreaRef,
+    feature_size: u32,
+}
+
+impl core::fmt::Debug for Thread {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Thread")
+            .field("feature_size", &self.feature_size)
+            .finish()
+    }
+}
+
+macro_rules! dispatch {
+    ($f:ident, $id:expr, $order:expr, ($($arg:expr),*)) => {
+        match ($id.index, $order) {
+            (Index::Cpu, Order::Relaxed) => arch::$f::<{ abi::OFFSET_CPU_ID }, false>($($arg),*),
+            (Index::Cpu, Order::Release) => arch::$f::<{ abi::OFFSET_CPU_ID }, true>($($arg),*),
+            (Index::MmCid, Order::Relaxed) => arch::$f::<{ abi::OFFSET_MM_CID }, false>($($arg),*),
+            (Index::MmCid, Order::Release) => arch::$f::<{ abi::OFFSET_MM_CID }, true>($($arg),*),
+        }
+    };
+}
+
+fn outcome<T>(attempt: Attempt, value: impl FnOnce() -> T, seen: u64) -> Outcome<T> {
+    match attempt {
+        Attempt::Committed => Outcome::Committed(value()),
+        Attempt::CompareFailed(which) => Outcome::CompareFailed { which, seen },
+        Attempt::Aborted | Attempt::OutOfRange => Outcome::Aborted,
+    }
+}
+
+impl Thread {
+    /// The calling thread's handle, registering the thread first if needed;
+    /// `None` when the thread uses the fallback path or this target has no
+    /// critical sections.
+    #[inline]
+    pub fn current() -> Option<Thread> {
+        if !arch::HAS_SECTIONS {
+            return None;
+        }
+        let area = registration::area()?;
+        Some(Thread {
+            area,
+            feature_size: registration::feature_size(),
+        })
+    }
+
+    /// The thread's current id of kind `index`; `None` for
+    /// [`Index::MmCid`] when the kernel does not maintain it (feature size
+    /// below 28).
+    #[inline]
+    pub fn id(&self, index: Index) -> Option<Id> {
+        let rseq = self.area.get();
+        let value = match index {
+            Index::Cpu => u32::try_from(rseq.cpu_id()).ok()?,
+            Index::MmCid if self.feature_size >= abi::MM_CID_FEATURE_SIZE => rseq.mm_cid(),
+            Index::MmCid => return None,
+        };
+        Some(Id { value, index })
+    }
+
+    /// Runs `attempt` with a fresh id until it does not abort, at most
+    /// 16 times; every abort is counted (feature `abort-stats`). Returns the
+    /// last outcome (`Committed` or `CompareFailed`), or
+    /// [`RetriesExhausted`] when every attempt aborted, in which case the
+    /// caller completes the operation on its fallback path.
+    #[inline]
+    pub fn retry<T>(
+        &self,
+        index: Index,
+        mut attempt: impl FnMut(Id) -> Outcome<T>,
+    ) -> Result<Outcome<T>, RetriesExhausted> {
+        for _ in 0..ops::MAX_ATTEMPTS {
+            let Some(id) = self.id(index) else {
+                return Err(RetriesExhausted);
+            };
+            match attempt(id) {
+                Outcome::Aborted => stats::record_abort(),
+                done => return Ok(done),
+            }
+        }
+        Err(RetriesExhausted)
+    }
+
+    /// If `*v == expect`, commit `*v = new`.
+    ///
+    /// # Safety
+    /// The [module contract](self).
+    #[inline(always)]
+    pub unsafe fn compare_store(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        new: u64,
+    ) -> Outcome {
+        let mut seen = 0;
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract; `seen` is ours.
+        let attempt = unsafe {
+            dispatch!(
+                compare_store,
+                id,
+                order,
+                (area, id.value, v, expect, new, &mut seen)
+            )
+        };
+        outcome(attempt, || (), seen)
+    }
+
+    /// `*v += count` (wrapping).
+    ///
+    /// # Safety
+    /// The [module contract](self).
+    #[inline(always)]
+    pub unsafe fn add(&self, id: Id, order: Order, v: *mut u64, count: u64) -> Outcome {
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract.
+        let attempt = unsafe { dispatch!(add, id, order, (area, id.value, v, count)) };
+        outcome(attempt, || (), 0)
+    }
+
+    /// Pops the head of an intrusive list whose head word is `*v` and whose
+    /// nodes hold their next pointer at byte `offset`: if `*v == expect_not`
+    /// (the empty list), `CompareFailed`; else commit `*v = next` and return
+    /// the old head.
+    ///
+    /// # Safety
+    /// The [module contract](self); every node on the list is valid for a
+    /// read of the word at `offset`.
+    #[inline(always)]
+    pub unsafe fn pop(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect_not: u64,
+        offset: usize,
+    ) -> Outcome<u64> {
+        let mut head = 0;
+        let mut seen = 0;
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract; `head` and `seen`
+        // are ours.
+        let attempt = unsafe {
+            dispatch!(
+                pop,
+                id,
+                order,
+                (area, id.value, v, expect_not, offset, &mut head, &mut seen)
+            )
+        };
+        outcome(attempt, || head, seen)
+    }
+
+    /// `**(*p + offset) += count`: the word at `*p + offset` is a pointer,
+    /// and the `u64` it points to gets `count` added.
+    ///
+    /// # Safety
+    /// The [module contract](self), for the word finally written.
+    #[inline(always)]
+    pub unsafe fn deref_add(
+        &self,
+        id: Id,
+        order: Order,
+        p: *const u64,
+        offset: usize,
+        count: u64,
+    ) -> Outcome {
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract.
+        let attempt =
+            unsafe { dispatch!(deref_add, id, order, (area, id.value, p, offset, count)) };
+        outcome(attempt, || (), 0)
+    }
+
+    /// If `*v == expect` and `*v2 == expect2`, commit `*v = new`.
+    ///
+    /// # Safety
+    /// The [module contract](self).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn compare2_store(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        v2: *const u64,
+        expect2: u64,
+        new: u64,
+    ) -> Outcome {
+        let mut seen = 0;
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract; `seen` is ours.
+        let attempt = unsafe {
+            dispatch!(
+                compare2_store,
+                id,
+                order,
+                (area, id.value, v, expect, v2, expect2, new, &mut seen)
+            )
+        };
+        outcome(attempt, || (), seen)
+    }
+
+    /// If `*v == expect`: store `*v2 = new2`, then commit `*v = new`. The
+    /// store to `v2` may happen even when the attempt aborts afterwards.
+    ///
+    /// # Safety
+    /// The [module contract](self), for `v` and `v2`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn store_then_store(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        v2: *mut u64,
+        new2: u64,
+        new: u64,
+    ) -> Outcome {
+        let mut seen = 0;
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract; `seen` is ours.
+        let attempt = unsafe {
+            dispatch!(
+                store_then_store,
+                id,
+                order,
+                (area, id.value, v, expect, v2, new2, new, &mut seen)
+            )
+        };
+        outcome(attempt, || (), seen)
+    }
+
+    /// If `*v == expect`: copy `len` bytes from `src` to `dst`, then commit
+    /// `*v = new`. The copy may happen (in part) even when the attempt
+    /// aborts afterwards.
+    ///
+    /// # Safety
+    /// The [module contract](self); `src` is valid for reads and `dst` for
+    /// writes of `len` bytes, not overlapping, and `dst` belongs to the data
+    /// of `id` (or to the caller).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn memcpy_then_store(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        new: u64,
+    ) -> Outcome {
+        let mut seen = 0;
+        let area = self.area.as_ptr();
+        // SAFETY: the caller upholds the module contract; `seen` is ours.
+        let attempt = unsafe {
+            dispatch!(
+                memcpy_then_store,
+                id,
+                order,
+                (area, id.value, v, expect, dst, src, len, new, &mut seen)
+            )
+        };
+        outcome(attempt, || (), seen)
+    }
+}
