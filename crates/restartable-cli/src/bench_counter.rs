@@ -242,7 +242,8 @@ pub fn run(opts: Options) -> Result<(), String> {
                 if r.exact { "yes" } else { "NO" }
             );
         }
-        println!("(x counter: this variant's ns/op over counter's at the same thread count; above 1 means counter is faster)");
+        println!("x counter: this variant's ns/op over counter's at the same thread count; above 1 means counter is faster.");
+        println!("ns/op/thread is wall time per operation of one thread: with more threads than CPUs it includes the time a thread waits for a CPU; Mops/s is the total throughput.");
     }
     if rows.iter().all(|r| r.exact) {
         Ok(())

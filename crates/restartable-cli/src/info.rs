@@ -65,6 +65,14 @@ pub fn run(json: bool) -> Result<(), String> {
         return Ok(());
     }
     let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let arch = std::env::consts::ARCH;
+    let verdict = match (info.rseq_available, info.critical_sections) {
+        (true, true) => format!("rseq works here: per-CPU operations run as critical sections ({arch} assembly)"),
+        (true, false) => format!("rseq works here, but this build has no critical sections for {arch}: operations use atomics"),
+        (false, _) => "rseq is not in use: per-CPU operations use the atomic fallback (correct, slower)".to_owned(),
+    };
+    println!("{verdict}");
+    println!();
     println!(
         "kernel              {}",
         info.kernel.as_deref().unwrap_or("unknown")
@@ -74,41 +82,61 @@ pub fn run(json: bool) -> Result<(), String> {
         info.libc_version
             .map_or("unknown (not glibc)".to_owned(), |v| format!("glibc {v}"))
     );
+    let libc_registered = info.libc_rseq_size.is_some_and(|s| s != 0);
     println!(
-        "libc rseq symbols   __rseq_offset={} __rseq_size={} __rseq_flags={}",
+        "libc registered     {} (__rseq_offset={} __rseq_size={} __rseq_flags={})",
+        yes_no(libc_registered),
         or_absent(info.libc_rseq_offset),
         or_absent(info.libc_rseq_size),
         or_absent(info.libc_rseq_flags)
     );
     println!(
-        "kernel auxv         AT_RSEQ_FEATURE_SIZE={} AT_RSEQ_ALIGN={}",
+        "kernel offers       struct rseq of {} bytes (AT_RSEQ_FEATURE_SIZE), aligned to {} (AT_RSEQ_ALIGN)",
         or_absent(info.kernel_feature_size),
         or_absent(info.kernel_align)
     );
-    println!("rseq in use         {}", yes_no(info.rseq_available));
-    println!("registered by       {}", info.owner);
+    println!(
+        "area used           {}",
+        match info.owner {
+            "libc" => "libc's (adopted)",
+            "library" => "the library's own (registered by restartable)",
+            _ => "none",
+        }
+    );
     if let Some(reason) = &info.fallback_reason {
         println!("fallback reason     {reason}");
     }
-    println!("feature size        {} bytes", info.feature_size);
+    if info.rseq_available {
+        println!("feature size        {} bytes of struct rseq maintained for this thread (20: cpu ids; 24: + node; 28: + mm_cid)", info.feature_size);
+    }
     println!(
         "critical sections   {}",
         if info.critical_sections {
-            "yes (x86-64 assembly)"
+            format!("compiled in for {arch}")
         } else {
-            "no (atomic fallback on this architecture)"
+            format!("none for {arch}")
         }
     );
     println!("current CPU         {}", info.cpu_id);
     println!("current node        {}", info.node_id);
+    let mm_cid_missing = if info.rseq_available {
+        "unavailable (kernel before 6.3)"
+    } else {
+        "unavailable (rseq not in use)"
+    };
     println!(
         "current mm_cid      {}",
         info.mm_cid
-            .map_or("unavailable (feature size < 28)".to_owned(), |c| c
-                .to_string())
+            .map_or(mm_cid_missing.to_owned(), |c| c.to_string())
     );
-    println!("possible CPUs       {}", info.possible_cpus);
+    println!(
+        "possible CPUs       {} (per-CPU arrays have this many slots)",
+        info.possible_cpus
+    );
     println!("online CPUs         {}", info.online_cpus);
-    println!("membarrier rseq     {}", yes_no(info.membarrier_rseq));
+    println!(
+        "membarrier rseq     {} (the fence for acting on another CPU's data)",
+        yes_no(info.membarrier_rseq)
+    );
     Ok(())
 }

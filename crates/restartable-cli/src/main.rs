@@ -2,6 +2,7 @@
 //! per-CPU operations, and benchmarks against the alternatives.
 
 mod bench_counter;
+mod bench_ops;
 mod info;
 mod measure;
 mod signals;
@@ -44,6 +45,27 @@ enum Command {
 enum BenchWhat {
     /// `Counter` against a shared atomic, per-CPU atomics and a thread-local.
     Counter(BenchArgs),
+    /// Each critical section against its nearest atomic or mutex equivalent.
+    Ops(BenchOpsArgs),
+}
+
+#[derive(Args)]
+struct BenchOpsArgs {
+    /// Thread counts to run, comma-separated [default: 1,N,4N with N = online CPUs].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    threads: Vec<u32>,
+    /// Seconds per run (conflicts with --ops).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_duration, conflicts_with = "ops")]
+    duration: f64,
+    /// Operations per thread per run, instead of a fixed duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ops: Option<u64>,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<bench_ops::Variant>,
+    /// Print the rows as a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -69,19 +91,36 @@ struct BenchArgs {
 struct StressArgs {
     /// What to stress.
     mode: stress::Mode,
-    /// Worker threads [default: 6 x online CPUs; for churn: 4000 threads in all].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Worker threads [default: 6 x online CPUs; for churn: 4000 threads in
+    /// all, 64 alive at a time].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     threads: Option<u32>,
-    /// Operations per worker thread.
+    /// Operations per worker thread (churn: each thread counts once).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     ops: u64,
     /// Yield the CPU every N operations (0: never).
     #[arg(long, default_value_t = 97)]
     yield_every: u64,
-    /// Per-thread timer signal interval in microseconds (0: no signal storm).
-    /// The handler adds to the same counter.
-    #[arg(long, default_value_t = 50)]
+    /// Raise a signal in the worker every N operations (0: never).
+    #[arg(long, default_value_t = 0)]
+    signal_every: u64,
+    /// Sleep a millisecond every N operations (0: never).
+    #[arg(long, default_value_t = 0)]
+    sleep_every: u64,
+    /// Per-thread timer signal interval in microseconds, at least 10 (0: no
+    /// signal storm). The handler adds to the library's `Counter`, checked too.
+    #[arg(long, default_value_t = 50, value_parser = parse_signal_us)]
     signal_us: u64,
+    /// Delay loop inside every critical section: POINT=LOOPS, comma-separated
+    /// (points 0-3; needs the `inject` feature).
+    #[arg(long, value_delimiter = ',', value_parser = parse_inject)]
+    inject: Vec<(usize, u64)>,
+    /// Which id indexes the per-CPU data.
+    #[arg(long, value_enum, default_value = "cpu")]
+    index: stress::IndexArg,
+    /// Memory order of the commits.
+    #[arg(long, value_enum, default_value = "relaxed")]
+    order: stress::OrderArg,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -100,7 +139,38 @@ fn parse_duration(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_signal_us(s: &str) -> Result<u64, String> {
+    let us: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of microseconds"))?;
+    if us != 0 && us < 10 {
+        return Err("signals more often than every 10 microseconds leave no time for work; use 10 or more (0 turns them off)".to_owned());
+    }
+    Ok(us)
+}
+
+fn parse_inject(s: &str) -> Result<(usize, u64), String> {
+    let (point, loops) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not POINT=LOOPS"))?;
+    let point: usize = point
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{point}` is not an injection point"))?;
+    let loops: u64 = loops
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{loops}` is not a loop count"))?;
+    if loops > 1_000_000 {
+        return Err(format!(
+            "{loops} loops is too long a delay (at most 1000000)"
+        ));
+    }
+    Ok((point, loops))
+}
+
 fn main() -> ExitCode {
+    signals::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info::run(json),
@@ -113,12 +183,26 @@ fn main() -> ExitCode {
             variants: args.variants,
             json: args.json,
         }),
+        Command::Bench {
+            what: BenchWhat::Ops(args),
+        } => bench_ops::run(bench_ops::Options {
+            threads: args.threads,
+            duration: args.duration,
+            ops: args.ops,
+            variants: args.variants,
+            json: args.json,
+        }),
         Command::Stress(args) => stress::run(stress::Options {
             mode: args.mode,
             threads: args.threads,
             ops: args.ops,
             yield_every: args.yield_every,
+            signal_every: args.signal_every,
+            sleep_every: args.sleep_every,
             signal_us: args.signal_us,
+            inject: args.inject,
+            index: args.index,
+            order: args.order,
             json: args.json,
         }),
     };

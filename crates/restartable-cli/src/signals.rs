@@ -85,3 +85,40 @@ impl Drop for ThreadTimer {
         unsafe { libc::timer_delete(self.0) };
     }
 }
+
+/// Sends SIGUSR1 to the calling thread (handled before this returns).
+pub fn raise_here() {
+    // SAFETY: raise has no preconditions; the handler is installed first.
+    unsafe { libc::raise(libc::SIGUSR1) };
+}
+
+/// Sleeps `ms` milliseconds measured against an absolute deadline, so a
+/// signal storm cannot stretch it: a relative sleep restarted after each
+/// signal with the kernel's (slack-rounded) remainder never ends when
+/// signals arrive faster than the timer slack.
+pub fn sleep_ms(ms: u64) {
+    // SAFETY: timespec is plain data; clock_gettime and clock_nanosleep
+    // only write/read the structs passed.
+    unsafe {
+        let mut deadline: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut deadline);
+        deadline.tv_nsec += (ms as libc::c_long % 1000) * 1_000_000;
+        deadline.tv_sec += (ms / 1000) as libc::time_t + deadline.tv_nsec / 1_000_000_000;
+        deadline.tv_nsec %= 1_000_000_000;
+        while libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &deadline,
+            std::ptr::null_mut(),
+        ) == libc::EINTR
+        {}
+    }
+}
+
+/// Restores the default SIGPIPE action, so that output piped into a reader
+/// that goes away (`| head`) ends the program quietly, like other Unix
+/// tools, instead of a failed write.
+pub fn default_sigpipe() {
+    // SAFETY: setting a standard disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}

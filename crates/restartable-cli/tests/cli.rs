@@ -64,7 +64,7 @@ fn info_text_names_the_owner() {
     assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("registered by") && text.contains("possible CPUs"),
+        text.contains("area used") && text.contains("possible CPUs"),
         "{text}"
     );
 }
@@ -89,5 +89,40 @@ fn bad_arguments_fail_cleanly() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bench_ops_json_compares_each_section_with_its_baselines() {
+    let info = json_of(&mut restartable(&["info", "--json"]));
+    if info["rseq_available"] != true || info["critical_sections"] != true {
+        assert!(!require_rseq(), "rseq required: {info}");
+        let out = restartable(&["bench", "ops", "--ops", "100"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "bench ops must refuse to run without rseq"
+        );
+        return;
+    }
+    let rows = json_of(&mut restartable(&[
+        "bench",
+        "ops",
+        "--threads",
+        "1,3",
+        "--ops",
+        "5000",
+        "--json",
+    ]));
+    let rows = rows.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 18);
+    for row in rows {
+        assert_eq!(row["exact"], true, "{row}");
+        assert!(row["ns_per_op"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["vs_section"].as_f64().unwrap() > 0.0, "{row}");
+        for key in ["variant", "threads", "mops", "section"] {
+            assert!(row.get(key).is_some(), "{row} lacks {key}");
+        }
     }
 }

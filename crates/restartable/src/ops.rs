@@ -70,7 +70,20 @@ unsafe fn attempt_add(
 ) -> Attempt {
     // SAFETY: `area` is this thread's registered area (an AreaRef cannot
     // leave its thread); the slot memory is guaranteed by the caller.
-    unsafe { arch::add_indexed::<SLOT_SHIFT>(area.as_ptr(), base.as_ptr() as *mut u8, len, count) }
+    let attempt = unsafe {
+        arch::add_indexed::<SLOT_SHIFT>(area.as_ptr(), base.as_ptr() as *mut u8, len, count)
+    };
+    detach(area);
+    attempt
+}
+
+/// Clears `rseq_cs` after a section. The kernel would clear it lazily, but
+/// until then it points into this library's code and data; if the library
+/// is unloaded (`dlclose`) meanwhile, the kernel's next look at it kills the
+/// process (RSEQ_NOTES §3). One store to a line the section just wrote.
+#[inline(always)]
+pub(crate) fn detach(area: AreaRef) {
+    area.get().set_rseq_cs(0);
 }
 
 #[cold]

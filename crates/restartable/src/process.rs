@@ -12,10 +12,20 @@ use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Orderi
 use crate::{abi, cpu, sys};
 
 /// The environment variable that turns rseq off for the whole process: when
-/// set to `1` at first use, the library never calls the rseq system call and
-/// every operation takes the fallback path. Use it in sandboxes whose seccomp
+/// set at first use to anything but `0`, `false`, `no`, `off` or the empty
+/// string (so `1`, `true`, `yes` and `on` all disable, and so does a value
+/// not understood), the library never calls the rseq system call and every
+/// operation takes the fallback path. Use it in sandboxes whose seccomp
 /// profile kills on unknown system calls.
 pub const DISABLE_ENV: &str = "RESTARTABLE_DISABLE";
+
+/// Whether a value of [`DISABLE_ENV`] disables rseq: only the explicit
+/// "keep it on" spellings do not, so a typo errs on the side of the sandbox.
+pub(crate) fn disables(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    let enabled = [&b""[..], b"0", b"false", b"no", b"off"];
+    !enabled.iter().any(|e| value.eq_ignore_ascii_case(e))
+}
 
 /// What libc exports about its own rseq registration (glibc 2.35+:
 /// `__rseq_offset`, `__rseq_size`, `__rseq_flags`).
@@ -115,7 +125,7 @@ pub(crate) fn possible_cpus() -> usize {
 
 fn detect() -> ProcessInfo {
     ProcessInfo {
-        disabled_by_user: sys::env_is_one(c"RESTARTABLE_DISABLE"),
+        disabled_by_user: sys::env_bytes(c"RESTARTABLE_DISABLE").is_some_and(disables),
         libc: detect_libc(),
         kernel_feature_size: sys::auxval(abi::AT_RSEQ_FEATURE_SIZE)
             .and_then(|v| u32::try_from(v).ok()),
@@ -166,6 +176,16 @@ mod tests {
         assert_eq!(libc_feature_size(20, Some(33)), 32);
         assert_eq!(libc_feature_size(33, Some(33)), 33);
         assert_eq!(libc_feature_size(28, Some(28)), 28);
+    }
+
+    #[test]
+    fn disable_values() {
+        for v in ["1", "true", "YES", "on", " 1 ", "2", "disable"] {
+            assert!(disables(v.as_bytes()), "{v:?} must disable");
+        }
+        for v in ["", "0", "false", "No", "OFF", " 0"] {
+            assert!(!disables(v.as_bytes()), "{v:?} must not disable");
+        }
     }
 
     #[test]

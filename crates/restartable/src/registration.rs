@@ -4,9 +4,9 @@
 //! 1. [`DISABLE_ENV`](crate::DISABLE_ENV) is `1`: no rseq, no system call.
 //! 2. libc registered (`__rseq_size != 0`) and this thread's area at
 //!    `thread pointer + __rseq_offset` holds a valid `cpu_id`: adopt it.
-//! 3. Otherwise register an area owned by the library, in static
-//!    thread-local storage that lives until the thread exits (it has no
-//!    destructor, so nothing can free it while the kernel still writes it).
+//! 3. Otherwise register an area owned by the library: memory that is never
+//!    freed, unregistered by a thread-local destructor when the thread exits
+//!    and then reused by a later thread.
 //! 4. If the kernel refuses, remember why and use the fallback path.
 //!
 //! The only field ever written is `rseq_cs`.
@@ -15,6 +15,7 @@ use core::cell::Cell;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU32;
+use std::sync::Mutex;
 
 use crate::abi::{self, Rseq};
 use crate::{arch, process, sys};
@@ -54,9 +55,12 @@ pub enum FallbackReason {
     /// another registrant's signature), `EINVAL` (another area is already
     /// registered for this thread).
     Refused(i32),
-    /// The thread is still deciding (a signal handler that interrupted the
-    /// thread's first use); the call is served by the fallback path and the
-    /// decision is made by the interrupted first use.
+    /// The thread is exiting: its area was unregistered by its thread-local
+    /// destructor, so operations from later destructors use the fallback.
+    ThreadExiting,
+    /// The thread is still deciding (only seen by code that re-enters the
+    /// library while its first use is in progress, which signal blocking
+    /// otherwise prevents); the call is served by the fallback path.
     Pending,
 }
 
@@ -71,6 +75,9 @@ impl core::fmt::Display for FallbackReason {
                 write!(f, "the kernel refused registration: {}", errno_name(*errno))
             }
             FallbackReason::Pending => f.write_str("registration in progress on this thread"),
+            FallbackReason::ThreadExiting => {
+                f.write_str("the thread is exiting (its area was unregistered)")
+            }
         }
     }
 }
@@ -160,6 +167,50 @@ struct OwnedArea {
     _tail: [AtomicU32; (OWNED_AREA_SIZE - 32) / 4],
 }
 
+/// Areas the library registers live in memory that is never freed: a
+/// thread takes one from this pool (or leaks a new one) and gives it back
+/// only after unregistering it at thread exit. Thread-local storage would
+/// not do: a library loaded with `dlopen` has its thread-locals freed by
+/// `dlclose` while its threads may still be registered, and the kernel
+/// would go on writing into reused memory.
+static POOL: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// The calling thread's own area, unregistered and returned to [`POOL`]
+/// when the thread exits.
+struct OwnedSlot {
+    area: Cell<*const OwnedArea>,
+    len: Cell<u32>,
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        let area = self.area.get();
+        if area.is_null() {
+            return;
+        }
+        // Operations in destructors that run after this one take the
+        // fallback path.
+        AREA.set(marker(UNAVAILABLE));
+        STATE.set(ThreadState {
+            owner: OWNER_NONE,
+            feature_size: 0,
+            reason: Some(FallbackReason::ThreadExiting),
+        });
+        if sys::rseq_unregister(
+            area as *mut core::ffi::c_void,
+            self.len.get(),
+            abi::SIGNATURE,
+        )
+        .is_ok()
+        {
+            if let Ok(mut pool) = POOL.lock() {
+                pool.push(area as usize);
+            }
+        }
+        // If unregistering failed the area stays leaked, never reused.
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<OwnedArea>() == OWNED_AREA_SIZE);
 const _: () = assert!(core::mem::align_of::<OwnedArea>() == OWNED_AREA_ALIGN as usize);
 
@@ -168,13 +219,8 @@ thread_local! {
     static STATE: Cell<ThreadState> = const {
         Cell::new(ThreadState { owner: OWNER_NONE, feature_size: 0, reason: None })
     };
-    // No destructor: the storage stays valid until the thread is gone, which
-    // is as long as the kernel may write to it.
-    static OWNED: OwnedArea = const {
-        OwnedArea {
-            rseq: Rseq::new(),
-            _tail: [const { AtomicU32::new(0) }; (OWNED_AREA_SIZE - 32) / 4],
-        }
+    static OWNED: OwnedSlot = const {
+        OwnedSlot { area: Cell::new(core::ptr::null()), len: Cell::new(0) }
     };
 }
 
@@ -229,31 +275,41 @@ pub(crate) fn feature_size() -> u32 {
 #[cold]
 #[inline(never)]
 fn decide() -> Option<AreaRef> {
-    // A signal handler running on this thread while we decide sees BUSY and
-    // takes the fallback path instead of re-entering.
-    AREA.set(marker(BUSY));
-    let (area, state) = match choose() {
-        Ok((area, owner, feature_size)) => (
-            area,
-            ThreadState {
-                owner,
-                feature_size,
-                reason: None,
-            },
-        ),
-        Err(reason) => (
-            marker(UNAVAILABLE),
-            ThreadState {
-                owner: OWNER_NONE,
-                feature_size: 0,
-                reason: Some(reason),
-            },
-        ),
-    };
-    STATE.set(state);
-    AREA.set(area);
+    // With signals blocked no handler can run a first use of its own in the
+    // middle of this one, so every operation of the thread, handlers
+    // included, sees the decision made exactly once.
+    let area = sys::with_signals_blocked(|| {
+        let current = AREA.get();
+        if current.addr() != UNDECIDED {
+            // Decided by a handler that ran just before the signals were
+            // blocked.
+            return current;
+        }
+        AREA.set(marker(BUSY));
+        let (area, state) = match choose() {
+            Ok((area, owner, feature_size)) => (
+                area,
+                ThreadState {
+                    owner,
+                    feature_size,
+                    reason: None,
+                },
+            ),
+            Err(reason) => (
+                marker(UNAVAILABLE),
+                ThreadState {
+                    owner: OWNER_NONE,
+                    feature_size: 0,
+                    reason: Some(reason),
+                },
+            ),
+        };
+        STATE.set(state);
+        AREA.set(area);
+        area
+    });
     (area.addr() > BUSY).then(|| AreaRef {
-        // SAFETY: `choose` returns non-null pointers to live areas.
+        // SAFETY: only live, non-null areas are stored above BUSY.
         ptr: unsafe { NonNull::new_unchecked(area as *mut Rseq) },
         _not_send: PhantomData,
     })
@@ -308,25 +364,50 @@ fn register_owned(
     } else {
         (abi::ORIG_AREA_SIZE, feature.min(abi::ORIG_AREA_SIZE))
     };
-    let ptr = OWNED.with(|a| a as *const OwnedArea);
+    // Past this thread's thread-local destructors there is no slot to
+    // unregister from at exit: stay on the fallback path.
+    let Ok(true) = OWNED.try_with(|slot| slot.area.get().is_null()) else {
+        return Err(FallbackReason::ThreadExiting);
+    };
+    let recycled = POOL.lock().ok().and_then(|mut pool| pool.pop());
+    let ptr = match recycled {
+        Some(addr) => addr as *const OwnedArea,
+        None => Box::leak(Box::new(OwnedArea {
+            rseq: Rseq::new(),
+            _tail: [const { AtomicU32::new(0) }; (OWNED_AREA_SIZE - 32) / 4],
+        })) as *const OwnedArea,
+    };
     let raw = ptr as *mut core::ffi::c_void;
-    // SAFETY: the area is static thread-local storage without a destructor:
-    // valid until the thread exits, never reused meanwhile, 64-byte aligned
-    // (enough for `len`, checked above).
+    // SAFETY: the area is never freed (leaked, or recycled from the pool
+    // after its previous thread unregistered it) and is 64-byte aligned,
+    // enough for `len` (checked above).
     match unsafe { sys::rseq_register(raw, len, abi::SIGNATURE) } {
-        // EBUSY: this very area is already registered (a fork child whose
-        // thread state was reset); it is ours and usable.
-        Ok(()) | Err(libc::EBUSY) => {
+        Ok(()) => {
             // SAFETY: `ptr` is the live area registered just above.
             let area = unsafe { &(*ptr).rseq };
             if area.cpu_id() >= 0 {
+                OWNED.with(|slot| {
+                    slot.area.set(ptr);
+                    slot.len.set(len);
+                });
                 Ok((ptr.cast::<Rseq>(), OWNER_LIBRARY, feature))
             } else {
                 // Registered but not reporting a CPU: do not trust it.
                 let _ = sys::rseq_unregister(raw, len, abi::SIGNATURE);
+                give_back(ptr);
                 Err(FallbackReason::Refused(libc::EINVAL))
             }
         }
-        Err(errno) => Err(FallbackReason::Refused(errno)),
+        Err(errno) => {
+            give_back(ptr);
+            Err(FallbackReason::Refused(errno))
+        }
+    }
+}
+
+/// Returns an area that is not registered to the pool.
+fn give_back(area: *const OwnedArea) {
+    if let Ok(mut pool) = POOL.lock() {
+        pool.push(area as usize);
     }
 }

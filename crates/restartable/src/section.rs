@@ -145,7 +145,8 @@ macro_rules! dispatch {
     };
 }
 
-fn outcome<T>(attempt: Attempt, value: impl FnOnce() -> T, seen: u64) -> Outcome<T> {
+fn outcome<T>(area: AreaRef, attempt: Attempt, value: impl FnOnce() -> T, seen: u64) -> Outcome<T> {
+    ops::detach(area);
     match attempt {
         Attempt::Committed => Outcome::Committed(value()),
         Attempt::CompareFailed(which) => Outcome::CompareFailed { which, seen },
@@ -230,7 +231,7 @@ impl Thread {
                 (area, id.value, v, expect, new, &mut seen)
             )
         };
-        outcome(attempt, || (), seen)
+        outcome(self.area, attempt, || (), seen)
     }
 
     /// `*v += count` (wrapping).
@@ -242,7 +243,7 @@ impl Thread {
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract.
         let attempt = unsafe { dispatch!(add, id, order, (area, id.value, v, count)) };
-        outcome(attempt, || (), 0)
+        outcome(self.area, attempt, || (), 0)
     }
 
     /// Pops the head of an intrusive list whose head word is `*v` and whose
@@ -275,7 +276,7 @@ impl Thread {
                 (area, id.value, v, expect_not, offset, &mut head, &mut seen)
             )
         };
-        outcome(attempt, || head, seen)
+        outcome(self.area, attempt, || head, seen)
     }
 
     /// `**(*p + offset) += count`: the word at `*p + offset` is a pointer,
@@ -296,7 +297,7 @@ impl Thread {
         // SAFETY: the caller upholds the module contract.
         let attempt =
             unsafe { dispatch!(deref_add, id, order, (area, id.value, p, offset, count)) };
-        outcome(attempt, || (), 0)
+        outcome(self.area, attempt, || (), 0)
     }
 
     /// If `*v == expect` and `*v2 == expect2`, commit `*v = new`.
@@ -326,7 +327,7 @@ impl Thread {
                 (area, id.value, v, expect, v2, expect2, new, &mut seen)
             )
         };
-        outcome(attempt, || (), seen)
+        outcome(self.area, attempt, || (), seen)
     }
 
     /// If `*v == expect`: store `*v2 = new2`, then commit `*v = new`. The
@@ -357,7 +358,7 @@ impl Thread {
                 (area, id.value, v, expect, v2, new2, new, &mut seen)
             )
         };
-        outcome(attempt, || (), seen)
+        outcome(self.area, attempt, || (), seen)
     }
 
     /// If `*v == expect`: copy `len` bytes from `src` to `dst`, then commit
@@ -392,6 +393,6 @@ impl Thread {
                 (area, id.value, v, expect, dst, src, len, new, &mut seen)
             )
         };
-        outcome(attempt, || (), seen)
+        outcome(self.area, attempt, || (), seen)
     }
 }

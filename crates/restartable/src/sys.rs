@@ -77,14 +77,33 @@ mod imp {
         }
     }
 
-    /// True when the environment variable `name` is set to exactly "1".
-    pub fn env_is_one(name: &CStr) -> bool {
+    /// The value of environment variable `name`, if set, without
+    /// allocating.
+    pub fn env_bytes(name: &CStr) -> Option<&'static [u8]> {
         // SAFETY: getenv reads the environment without allocating; the
         // returned string is only read before any further environment call
         // on this thread.
         let value = unsafe { libc::getenv(name.as_ptr()) };
         // SAFETY: a non-null result of getenv is a NUL-terminated string.
-        !value.is_null() && unsafe { CStr::from_ptr(value) }.to_bytes() == b"1"
+        (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_bytes())
+    }
+
+    /// Runs `f` with every signal blocked on the calling thread, so that no
+    /// handler can run in the middle of it.
+    pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+        // SAFETY: sigset_t is plain data, filled by sigfillset; the old mask
+        // is saved and restored on this same thread.
+        unsafe {
+            let mut all: libc::sigset_t = core::mem::zeroed();
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
+            let result = f();
+            if blocked {
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+            }
+            result
+        }
     }
 
     /// The address of a data symbol exported by any loaded object (libc's
@@ -199,8 +218,12 @@ mod imp {
     pub fn membarrier(_cmd: i32, _flags: u32, _cpu_id: i32) -> Result<i64, Errno> {
         Err(ENOSYS)
     }
-    pub fn env_is_one(name: &CStr) -> bool {
-        std::env::var_os(name.to_str().unwrap_or_default()).is_some_and(|v| v == "1")
+    pub fn env_bytes(name: &CStr) -> Option<&'static [u8]> {
+        let value = std::env::var_os(name.to_str().ok()?)?;
+        Some(Box::leak(value.into_encoded_bytes().into_boxed_slice()))
+    }
+    pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+        f()
     }
     pub fn data_symbol(_name: &CStr) -> Option<*const c_void> {
         None

@@ -38,10 +38,25 @@ fn single_stepped_operations_complete() {
         for _ in 0..INCREMENTS {
             COUNTER.inc();
         }
+        // The raw vocabulary gives up after its bounded retries too, so the
+        // caller can take its own fallback.
+        let mut word = 0u64;
+        let gave_up = match restartable::section::Thread::current() {
+            Some(t) => t
+                .retry(restartable::section::Index::Cpu, |id| {
+                    // SAFETY: `word` is a local of this thread.
+                    unsafe { t.add(id, restartable::section::Order::Relaxed, &mut word, 1) }
+                })
+                .is_err(),
+            None => true,
+        };
         let stats = restartable::stats::stats().unwrap();
         let exhausted = stats.retries_exhausted - before.retries_exhausted;
         let code = if COUNTER.sum() != INCREMENTS {
             10
+        } else if !gave_up || word != 0 {
+            // A stepped section must never commit.
+            30
         } else if restartable::registration().rseq_available() && exhausted != INCREMENTS {
             // Every stepped section must have aborted until the retry
             // bound, then completed on the fallback path.

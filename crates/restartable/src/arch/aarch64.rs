@@ -5,9 +5,9 @@
 //! into `__rseq_exit_point_array`, and its abort handler into
 //! `__rseq_failure` right after the signature, emitted as the instruction
 //! word `0xd428bc00` (a `brk`, so falling into it traps). Release commits
-//! use `stlr`. Conditional branches reach the out-of-line handlers, as in
-//! the reference library; they have a ±1 MiB range, which the linker checks.
-//! Labels 20–29 belong to the section, 96–98 to injected delays.
+//! use `stlr`. Out-of-line targets are reached through `far!`, so programs
+//! of any size link. Labels 20–29 belong to the section, 96–98 to injected
+//! delays.
 
 use core::arch::asm;
 
@@ -91,6 +91,19 @@ macro_rules! twice {
     };
 }
 
+/// Conditional branch to an out-of-line target in `__rseq_failure`, which
+/// may lie beyond the ±1 MiB reach of `b.cond`: an inverted short branch over
+/// an unconditional `b` (±128 MiB). The fast path falls through one taken
+/// branch.
+macro_rules! far {
+    ("ne", $to:literal) => {
+        concat!("b.eq 29f\n", "b ", $to, "\n", "29:\n")
+    };
+    ("eq", $to:literal) => {
+        concat!("b.ne 29f\n", "b ", $to, "\n", "29:\n")
+    };
+}
+
 macro_rules! begin {
     () => {
         concat!(
@@ -112,7 +125,7 @@ macro_rules! begin {
             inject!("8"),
             "ldr {scratch:w}, [{area}, #{id}]\n",
             "cmp {scratch:w}, {cpu:w}\n",
-            "b.ne 23f\n",
+            far!("ne", "23f"),
         )
     };
 }
@@ -286,7 +299,7 @@ pub(crate) unsafe fn compare_store<const ID: usize, const RELEASE: bool>(
                 exit!("24f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
-                "b.ne 24f",
+                far!("ne", "24f"),
                 inject!("16"),
                 twice!("{v}", "{expect}"),
                 concat!($st, " {new}, [{v}]"),
@@ -380,7 +393,7 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
                 exit!("24f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect_not}",
-                "b.eq 24f",
+                far!("eq", "24f"),
                 "str {val}, [{out}]",
                 inject!("16"),
                 "ldr {next}, [{val}, {offset}]",
@@ -487,11 +500,11 @@ pub(crate) unsafe fn compare2_store<const ID: usize, const RELEASE: bool>(
                 exit!("25f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
-                "b.ne 24f",
+                far!("ne", "24f"),
                 inject!("16"),
                 "ldr {val}, [{v2}]",
                 "cmp {val}, {expect2}",
-                "b.ne 25f",
+                far!("ne", "25f"),
                 inject!("24"),
                 twice!("{v}", "{expect}"),
                 twice!("{v2}", "{expect2}"),
@@ -548,7 +561,7 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
                 exit!("24f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
-                "b.ne 24f",
+                far!("ne", "24f"),
                 inject!("16"),
                 "str {new2}, [{v2}]",
                 inject!("24"),
@@ -606,7 +619,7 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
                 exit!("24f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
-                "b.ne 24f",
+                far!("ne", "24f"),
                 inject!("16"),
                 // `val` counts the bytes copied: 8 at a time, then the tail.
                 "mov {val}, #0",

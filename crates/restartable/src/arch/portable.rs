@@ -26,3 +26,112 @@ pub(crate) unsafe fn add_indexed<const SHIFT: u32>(
 ) -> Attempt {
     Attempt::OutOfRange
 }
+
+// The vocabulary, for the same reason never called: `section::Thread`
+// cannot be obtained on this target.
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+pub(crate) unsafe fn compare_store<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *mut u64,
+    _: u64,
+    _: u64,
+    _: *mut u64,
+) -> Attempt {
+    Attempt::Aborted
+}
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+pub(crate) unsafe fn add<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *mut u64,
+    _: u64,
+) -> Attempt {
+    Attempt::Aborted
+}
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *mut u64,
+    _: u64,
+    _: usize,
+    _: *mut u64,
+    _: *mut u64,
+) -> Attempt {
+    Attempt::Aborted
+}
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+pub(crate) unsafe fn deref_add<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *const u64,
+    _: usize,
+    _: u64,
+) -> Attempt {
+    Attempt::Aborted
+}
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn compare2_store<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *mut u64,
+    _: u64,
+    _: *const u64,
+    _: u64,
+    _: u64,
+    _: *mut u64,
+) -> Attempt {
+    Attempt::Aborted
+}
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *mut u64,
+    _: u64,
+    _: *mut u64,
+    _: u64,
+    _: u64,
+    _: *mut u64,
+) -> Attempt {
+    Attempt::Aborted
+}
+
+/// # Safety
+/// None; it touches no memory.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
+    _: *const Rseq,
+    _: u32,
+    _: *mut u64,
+    _: u64,
+    _: *mut u8,
+    _: *const u8,
+    _: usize,
+    _: u64,
+    _: *mut u64,
+) -> Attempt {
+    Attempt::Aborted
+}

@@ -1,0 +1,389 @@
+//! `restartable stress`: many more threads than CPUs hammer one per-CPU
+//! structure while they yield, sleep and get signalled every few operations
+//! (and, optionally, delay loops run inside every critical section); the
+//! check at the end is exact. In the style of the kernel's rseq selftests
+//! (RSEQ_NOTES §6).
+
+pub mod percpu;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use clap::ValueEnum;
+use restartable::section::{Index, Order, Thread};
+use restartable::Counter;
+use serde::Serialize;
+
+use crate::signals;
+use percpu::Structure;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The library's `Counter` (works on the fallback path too).
+    Counter,
+    /// Thousands of short-lived threads, each registering and counting once.
+    Churn,
+    /// A per-CPU counter incremented by the `add` section.
+    Increment,
+    /// A per-CPU spinlock (compare-store, release) guarding a plain counter.
+    Spinlock,
+    /// Per-CPU intrusive lists: pop, then push back.
+    List,
+    /// Per-CPU pointer buffers: compare2-store pop, store-then-store push.
+    Buffer,
+    /// Per-CPU record buffers copied in and out with memcpy-then-store.
+    Memcpy,
+    /// `**(*p + off) += 1` through a table of per-CPU pointers.
+    DerefAdd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IndexArg {
+    /// Index per-CPU data by CPU number.
+    Cpu,
+    /// Index per-CPU data by concurrency id (Linux 6.3+).
+    MmCid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderArg {
+    Relaxed,
+    Release,
+}
+
+pub struct Options {
+    pub mode: Mode,
+    pub threads: Option<u32>,
+    pub ops: u64,
+    pub yield_every: u64,
+    pub signal_every: u64,
+    pub sleep_every: u64,
+    pub signal_us: u64,
+    pub inject: Vec<(usize, u64)>,
+    pub index: IndexArg,
+    pub order: OrderArg,
+    pub json: bool,
+}
+
+#[derive(Serialize, Default)]
+struct Report {
+    mode: Option<Mode>,
+    index: Option<IndexArg>,
+    order: Option<OrderArg>,
+    threads: u64,
+    ops: u64,
+    expected: u64,
+    sum: u64,
+    exact: bool,
+    check: String,
+    signals_handled: u64,
+    /// Worker threads whose operations ran as rseq critical sections.
+    rseq_threads: u64,
+    /// Worker threads on the fallback path.
+    fallback_threads: u64,
+    /// "rseq", "fallback" or "mixed", from the workers' registrations.
+    path: &'static str,
+    owners: Vec<&'static str>,
+    fallback_reason: Option<String>,
+    inject: Vec<(usize, u64)>,
+    compare_twice: bool,
+    /// Aborted critical sections (null when built without `abort-stats`).
+    aborts: Option<u64>,
+    /// Operations completed on the fallback path (null without `abort-stats`).
+    fallback_ops: Option<u64>,
+    /// Operations that fell back after too many consecutive aborts.
+    retries_exhausted: Option<u64>,
+    /// Rounds of 16 aborted attempts the test structures went through
+    /// before trying again (they have no fallback path).
+    rounds_exhausted: u64,
+}
+
+/// The counter the signal handler adds to (and the `counter` mode uses).
+static COUNTER: Counter = Counter::new();
+static RSEQ_THREADS: AtomicU64 = AtomicU64::new(0);
+static FALLBACK_THREADS: AtomicU64 = AtomicU64::new(0);
+
+fn on_signal() {
+    COUNTER.inc();
+}
+
+struct Paths {
+    owners: Mutex<Vec<&'static str>>,
+    reason: Mutex<Option<String>>,
+}
+
+impl Paths {
+    /// Records which path the calling worker took.
+    fn note(&self) {
+        let reg = restartable::registration();
+        if reg.rseq_available() {
+            RSEQ_THREADS.fetch_add(1, Ordering::Relaxed);
+        } else {
+            FALLBACK_THREADS.fetch_add(1, Ordering::Relaxed);
+            if let (Ok(mut r), Some(why)) = (self.reason.lock(), reg.fallback) {
+                r.get_or_insert_with(|| why.to_string());
+            }
+        }
+        if let Ok(mut o) = self.owners.lock() {
+            if !o.contains(&reg.owner.as_str()) {
+                o.push(reg.owner.as_str());
+            }
+        }
+    }
+}
+
+/// What a worker does every few operations.
+struct Disturb {
+    yield_every: u64,
+    signal_every: u64,
+    sleep_every: u64,
+}
+
+impl Disturb {
+    fn after(&self, i: u64) {
+        if self.yield_every > 0 && i.is_multiple_of(self.yield_every) {
+            std::thread::yield_now();
+        }
+        if self.signal_every > 0 && i.is_multiple_of(self.signal_every) {
+            signals::raise_here();
+        }
+        if self.sleep_every > 0 && i.is_multiple_of(self.sleep_every) {
+            signals::sleep_ms(1);
+        }
+    }
+}
+
+/// Runs `threads` workers, each calling `op` `ops` times with disturbances.
+fn run_workers(
+    threads: u64,
+    opts: &Options,
+    paths: &Paths,
+    op: &(dyn Fn() + Sync),
+) -> Result<(), String> {
+    let disturb = Disturb {
+        yield_every: opts.yield_every,
+        signal_every: opts.signal_every,
+        sleep_every: opts.sleep_every,
+    };
+    let failures = std::thread::scope(|s| {
+        let mut spawn_error = None;
+        let handles: Vec<_> = (0..threads)
+            .map_while(|_| {
+                let spawned =
+                    std::thread::Builder::new().spawn_scoped(s, || -> Result<(), String> {
+                        let _timer = match opts.signal_us {
+                            0 => None,
+                            us => Some(signals::ThreadTimer::start(us)?),
+                        };
+                        for i in 1..=opts.ops {
+                            op();
+                            disturb.after(i);
+                        }
+                        paths.note();
+                        Ok(())
+                    });
+                spawned
+                    .map_err(|e| spawn_error = Some(format!("cannot start worker thread: {e}")))
+                    .ok()
+            })
+            .collect();
+        let mut failures: Vec<String> = handles
+            .into_iter()
+            .filter_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("worker panicked".to_owned()))
+                    .err()
+            })
+            .collect();
+        failures.extend(spawn_error);
+        failures
+    });
+    match failures.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
+}
+
+fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
+    let items = (16 * restartable::possible_cpus()).max(threads as usize * 2);
+    Some(match mode {
+        Mode::Counter | Mode::Churn => return None,
+        Mode::Increment => Box::new(percpu::Increment::new()),
+        Mode::Spinlock => Box::new(percpu::Spinlock::new()),
+        Mode::List => Box::new(percpu::List::new(items)),
+        Mode::Buffer => Box::new(percpu::Buffer::new(items)),
+        Mode::Memcpy => Box::new(percpu::MemcpyBuffer::new(items)),
+        Mode::DerefAdd => Box::new(percpu::DerefAdd::new()),
+    })
+}
+
+pub fn run(opts: Options) -> Result<(), String> {
+    // First use outside any signal handler: allocates the slots.
+    COUNTER.add(0);
+    for &(point, loops) in &opts.inject {
+        if !restartable::inject::set_delay(point, loops) {
+            return Err(if restartable::inject::ENABLED {
+                format!(
+                    "injection point {point} does not exist (0..{})",
+                    restartable::inject::POINTS
+                )
+            } else {
+                "--inject needs a build with the `inject` feature (cargo build --features inject)"
+                    .to_owned()
+            });
+        }
+    }
+    let index = match opts.index {
+        IndexArg::Cpu => Index::Cpu,
+        IndexArg::MmCid => Index::MmCid,
+    };
+    let order = match opts.order {
+        OrderArg::Relaxed => Order::Relaxed,
+        OrderArg::Release => Order::Release,
+    };
+    if opts.signal_us > 0 || opts.signal_every > 0 {
+        signals::install(on_signal)?;
+    }
+    let paths = Paths {
+        owners: Mutex::new(Vec::new()),
+        reason: Mutex::new(None),
+    };
+    let default_threads = 6 * restartable::online_cpus() as u64;
+    let (threads, ops_done, check) = match opts.mode {
+        Mode::Counter => {
+            let threads = opts.threads.map_or(default_threads, u64::from);
+            run_workers(threads, &opts, &paths, &|| COUNTER.inc())?;
+            (threads, threads * opts.ops, None)
+        }
+        Mode::Churn => {
+            let threads = opts.threads.map_or(4000, u64::from);
+            // At most 64 alive at once, so thread creation dominates.
+            let mut started = 0;
+            while started < threads {
+                let batch = (threads - started).min(64);
+                std::thread::scope(|s| {
+                    for _ in 0..batch {
+                        std::thread::Builder::new()
+                            .spawn_scoped(s, || {
+                                COUNTER.inc();
+                                paths.note();
+                            })
+                            .map_err(|e| format!("cannot start thread: {e}"))?;
+                    }
+                    Ok::<(), String>(())
+                })?;
+                started += batch;
+            }
+            (threads, threads, None)
+        }
+        mode => {
+            let threads = opts.threads.map_or(default_threads, u64::from);
+            let Some(t) = Thread::current() else {
+                return Err(format!(
+                    "mode {mode:?} tests critical sections and needs rseq, which this thread cannot use: {}",
+                    restartable::registration().fallback.map_or("no sections on this target".to_owned(), |r| r.to_string())
+                ));
+            };
+            if t.id(index).is_none() {
+                return Err(
+                    "--index mm-cid needs a kernel that provides mm_cid (Linux 6.3+)".to_owned(),
+                );
+            }
+            let s = structure(mode, threads).ok_or("no structure for this mode")?;
+            run_workers(threads, &opts, &paths, &|| match Thread::current() {
+                Some(t) => s.op(&t, index, order),
+                None => panic!("a worker thread lost rseq"),
+            })?;
+            (
+                threads,
+                threads * opts.ops,
+                Some(s.verify(threads * opts.ops)),
+            )
+        }
+    };
+
+    let handled = signals::DELIVERED.load(Ordering::Relaxed);
+    let (expected, sum) = match opts.mode {
+        Mode::Counter | Mode::Churn => (ops_done + handled, COUNTER.sum()),
+        _ => (handled, COUNTER.sum()),
+    };
+    let (structure_ok, check) = match check {
+        None => (true, format!("counter sum {sum}, expected {expected}")),
+        Some(Ok(what)) => (true, what),
+        Some(Err(what)) => (false, what),
+    };
+    let rseq_threads = RSEQ_THREADS.load(Ordering::Relaxed);
+    let fallback_threads = FALLBACK_THREADS.load(Ordering::Relaxed);
+    let stats = restartable::stats::stats();
+    let exhausted = percpu::EXHAUSTED.load(Ordering::Relaxed);
+    let report = Report {
+        mode: Some(opts.mode),
+        index: Some(opts.index),
+        order: Some(opts.order),
+        threads,
+        ops: ops_done,
+        expected,
+        sum,
+        exact: sum == expected && structure_ok,
+        check,
+        signals_handled: handled,
+        rseq_threads,
+        fallback_threads,
+        path: match (rseq_threads, fallback_threads) {
+            (_, 0) => "rseq",
+            (0, _) => "fallback",
+            _ => "mixed",
+        },
+        owners: paths.owners.into_inner().unwrap_or_default(),
+        fallback_reason: paths.reason.into_inner().unwrap_or_default(),
+        inject: opts.inject.clone(),
+        compare_twice: restartable::inject::COMPARE_TWICE,
+        aborts: stats.map(|s| s.aborts),
+        fallback_ops: stats.map(|s| s.fallback_ops),
+        retries_exhausted: stats.map(|s| s.retries_exhausted),
+        rounds_exhausted: exhausted,
+    };
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        let work = match opts.mode {
+            Mode::Churn => format!("{} short-lived threads counting once", report.threads),
+            _ => format!("{} threads x {} ops", report.threads, opts.ops),
+        };
+        println!(
+            "stress {:?} ({:?}, {:?}): {work}, path {} (owners: {}), {} signals handled: {}",
+            opts.mode,
+            opts.index,
+            opts.order,
+            report.path,
+            report.owners.join(", "),
+            report.signals_handled,
+            if report.exact { "exact" } else { "MISMATCH" }
+        );
+        println!("check: {}", report.check);
+        if let Some(why) = &report.fallback_reason {
+            println!("fallback reason: {why}");
+        }
+        match stats {
+            Some(s) => println!(
+                "aborts {}, fallback ops {}, retries exhausted {} (library) + {} (test structures)",
+                s.aborts, s.fallback_ops, s.retries_exhausted, exhausted
+            ),
+            None => println!("aborts: not counted (build with --features abort-stats)"),
+        }
+    }
+    if report.exact {
+        Ok(())
+    } else {
+        Err(format!(
+            "verification failed: {} (counter sum {sum}, expected {expected})",
+            report.check
+        ))
+    }
+}

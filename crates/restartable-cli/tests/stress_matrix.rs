@@ -1,0 +1,165 @@
+//! The bounded stress matrix (RSEQ_NOTES §6): every mode of
+//! `restartable stress` with default parameters, each injection point
+//! alone, injection combined with yields, signals and sleeps, with glibc's
+//! registration and without it, indexed by CPU id and by mm_cid. Built with
+//! `--all-features` this binary also re-checks every commit
+//! (`compare-twice`). Every run must be exact and must say it ran on the
+//! rseq path.
+
+mod common;
+
+use common::*;
+
+const MODES: &[&str] = &[
+    "increment",
+    "spinlock",
+    "list",
+    "buffer",
+    "memcpy",
+    "deref-add",
+    "counter",
+];
+
+/// Whether the binary was built with delay loops (`inject`).
+fn has_inject() -> bool {
+    let out = restartable(&[
+        "stress",
+        "increment",
+        "--threads",
+        "1",
+        "--ops",
+        "1",
+        "--inject",
+        "0=1",
+    ])
+    .output()
+    .unwrap();
+    out.status.success()
+}
+
+fn mm_cid_available() -> bool {
+    json_of(&mut restartable(&["info", "--json"]))["mm_cid"].is_u64()
+}
+
+fn rseq_here() -> bool {
+    let info = json_of(&mut restartable(&["info", "--json"]));
+    let here = info["rseq_available"] == true && info["critical_sections"] == true;
+    assert!(
+        here || !require_rseq(),
+        "rseq required but not available: {info}"
+    );
+    here
+}
+
+/// Runs one stress configuration and checks it.
+fn stress(mode: &str, extra: &[&str], env: &[(&str, &str)], owner: &str) {
+    let mut args = vec!["stress", mode, "--ops", "4000", "--json"];
+    args.extend_from_slice(extra);
+    let mut cmd = restartable(&args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let report = json_of(&mut cmd);
+    let label = format!("{mode} {}", extra.join(" "));
+    check_stress(&report, &label, "rseq", owner);
+}
+
+#[test]
+fn every_mode_with_default_parameters() {
+    if !rseq_here() {
+        return;
+    }
+    for mode in MODES {
+        stress(mode, &[], &[], "libc");
+    }
+}
+
+#[test]
+fn every_mode_without_glibc_registration() {
+    if !rseq_here() {
+        return;
+    }
+    for mode in MODES {
+        stress(
+            mode,
+            &[],
+            &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
+            "library",
+        );
+    }
+}
+
+#[test]
+fn every_mode_indexed_by_mm_cid_with_release_commits() {
+    if !rseq_here() {
+        return;
+    }
+    if !mm_cid_available() {
+        assert!(!require_rseq(), "this machine's kernel provides mm_cid");
+        println!("[matrix] kernel without mm_cid: skipped");
+        return;
+    }
+    for mode in MODES {
+        stress(
+            mode,
+            &["--index", "mm-cid", "--order", "release"],
+            &[],
+            "libc",
+        );
+    }
+}
+
+#[test]
+fn each_injection_point_alone() {
+    if !rseq_here() {
+        return;
+    }
+    if !has_inject() {
+        println!("[matrix] built without `inject`: injection cases skipped (scripts/test.sh runs them in the --all-features pass)");
+        return;
+    }
+    for point in 0..4 {
+        let inject = format!("{point}=300");
+        for mode in ["list", "buffer", "memcpy", "spinlock", "increment"] {
+            stress(mode, &["--inject", &inject], &[], "libc");
+        }
+    }
+}
+
+#[test]
+fn injection_with_yields_signals_and_sleeps() {
+    if !rseq_here() {
+        return;
+    }
+    if !has_inject() {
+        println!("[matrix] built without `inject`: injection cases skipped");
+        return;
+    }
+    let all = ["--inject", "0=40,1=40,2=150,3=150"];
+    for mode in MODES {
+        stress(
+            mode,
+            &[&all[..], &["--yield-every", "7"]].concat(),
+            &[],
+            "libc",
+        );
+        stress(
+            mode,
+            &[&all[..], &["--signal-every", "5", "--signal-us", "0"]].concat(),
+            &[],
+            "libc",
+        );
+        stress(
+            mode,
+            &[&all[..], &["--sleep-every", "1000"]].concat(),
+            &[],
+            "libc",
+        );
+        stress(
+            mode,
+            &[&all[..], &["--index", "cpu", "--order", "release"]].concat(),
+            &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
+            "library",
+        );
+    }
+}
