@@ -121,6 +121,10 @@ struct StressArgs {
     /// Memory order of the commits.
     #[arg(long, value_enum, default_value = "relaxed")]
     order: stress::OrderArg,
+    /// This many worker threads opt out of rseq and take the fallback path
+    /// while the others run sections (modes counter and fetch-update).
+    #[arg(long, default_value_t = 0)]
+    skip_registration: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
             inject: args.inject,
             index: args.index,
             order: args.order,
+            skip_registration: args.skip_registration,
             json: args.json,
         }),
     };

@@ -163,3 +163,54 @@ fn injection_with_yields_signals_and_sleeps() {
         );
     }
 }
+
+#[test]
+fn threads_that_skip_registration_mix_with_rseq_threads() {
+    if !rseq_here() {
+        return;
+    }
+    let inject: &[&str] = if has_inject() {
+        &["--inject", "2=200,3=200"]
+    } else {
+        &[]
+    };
+    for mode in ["counter", "fetch-update"] {
+        for env in [&[][..], &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")][..]] {
+            let mut args = vec![
+                "stress",
+                mode,
+                "--ops",
+                "4000",
+                "--threads",
+                "8",
+                "--skip-registration",
+                "3",
+                "--json",
+            ];
+            args.extend_from_slice(inject);
+            let mut cmd = restartable(&args);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let report = json_of(&mut cmd);
+            println!(
+                "[matrix] {mode} {env:?}: path={} owners={} fallback_ops={}",
+                report["path"], report["owners"], report["fallback_ops"]
+            );
+            assert_eq!(report["exact"], true, "{report}");
+            assert_eq!(report["path"], "mixed", "{report}");
+            assert_eq!(report["rseq_threads"], 5, "{report}");
+            assert_eq!(report["fallback_threads"], 3, "{report}");
+            assert!(
+                report["fallback_ops"].as_u64().unwrap() >= 3 * 4000,
+                "{report}"
+            );
+        }
+    }
+    // Raw-section modes have no fallback and say so.
+    let out = restartable(&["stress", "list", "--skip-registration", "1", "--ops", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no fallback"));
+}

@@ -1,13 +1,152 @@
-//! The membarrier rseq fence (`MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ`,
-//! Linux 5.10+): after it returns, every critical section that was running
-//! on the fenced CPUs has committed or aborted. Source: `man 2 membarrier`.
+//! The rseq fence: after [`fence_cpu`] returns, every critical section that
+//! was running on that CPU has committed or aborted, and every section that
+//! starts there later sees what the caller wrote before the fence. This is
+//! how one thread works on another CPU's data (RSEQ_NOTES §5): stop new
+//! sections from entering the data (a guard word they check), fence, then
+//! work.
+//!
+//! Two methods, chosen once per process:
+//! - `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` (Linux 5.10+,
+//!   registered once with `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ`):
+//!   an interrupt on the CPU restarts any section in progress. Source:
+//!   `man 2 membarrier`.
+//! - Migration, where membarrier lacks the command or is refused: the
+//!   calling thread pins itself to the CPU, so whatever ran there was
+//!   switched out (and its section aborted), then restores its affinity.
+//!   Slower (a migration per CPU) but needs no kernel support beyond
+//!   `sched_setaffinity`.
+
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::{abi, sys};
 
-/// True when the kernel offers the rseq fence (reported by
+/// `MEMBARRIER_CMD_FLAG_CPU`: fence only the CPU given.
+const MEMBARRIER_CMD_FLAG_CPU: u32 = 1;
+
+/// How this process fences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// The membarrier rseq command.
+    Membarrier,
+    /// Pinning the calling thread to the CPU (or to each CPU in turn).
+    Migration,
+}
+
+/// A fence could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FenceError {
+    /// Neither membarrier nor migration works here (both refused, or this
+    /// platform has neither); carries the errno of the migration attempt.
+    Unavailable(i32),
+}
+
+impl core::fmt::Display for FenceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FenceError::Unavailable(errno) => write!(
+                f,
+                "no rseq fence: membarrier and sched_setaffinity both refused (errno {errno})"
+            ),
+        }
+    }
+}
+
+/// True when the kernel offers the membarrier rseq fence (reported by
 /// `membarrier(MEMBARRIER_CMD_QUERY)`); false when membarrier is missing,
 /// refused, or lacks the command.
 pub fn rseq_fence_supported() -> bool {
     sys::membarrier(abi::MEMBARRIER_CMD_QUERY, 0, 0)
         .is_ok_and(|mask| mask & i64::from(abi::MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) != 0)
+}
+
+const UNDECIDED: u8 = 0;
+const MEMBARRIER: u8 = 1;
+const MIGRATION: u8 = 2;
+
+static METHOD: AtomicU8 = AtomicU8::new(UNDECIDED);
+
+/// The method [`fence_cpu`] and [`fence_all`] use, registering this
+/// process for the membarrier command on first call.
+pub fn method() -> Method {
+    match METHOD.load(Ordering::Acquire) {
+        MEMBARRIER => Method::Membarrier,
+        MIGRATION => Method::Migration,
+        _ => {
+            // Registering twice is harmless, so racing first calls are fine.
+            let registered = rseq_fence_supported()
+                && sys::membarrier(abi::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0)
+                    .is_ok();
+            let chosen = if registered { MEMBARRIER } else { MIGRATION };
+            METHOD.store(chosen, Ordering::Release);
+            if registered {
+                Method::Membarrier
+            } else {
+                Method::Migration
+            }
+        }
+    }
+}
+
+/// Fences CPU `cpu`: when this returns, no critical section that started
+/// on it before the call can still commit.
+///
+/// A CPU this process may not run on (outside its affinity) runs none of
+/// its sections, so it needs no fence and returns `Ok` at once.
+pub fn fence_cpu(cpu: usize) -> Result<(), FenceError> {
+    // On failure (EINVAL: the CPU is not online, so nothing runs there, or
+    // the flag is unknown before Linux 5.10) migration settles it.
+    if method() == Method::Membarrier
+        && sys::membarrier(
+            abi::MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+            MEMBARRIER_CMD_FLAG_CPU,
+            cpu as i32,
+        )
+        .is_ok()
+    {
+        return Ok(());
+    }
+    migrate_through(&[cpu])
+}
+
+/// Fences every CPU.
+pub fn fence_all() -> Result<(), FenceError> {
+    if method() == Method::Membarrier
+        && sys::membarrier(abi::MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0).is_ok()
+    {
+        return Ok(());
+    }
+    let Some(allowed) = sys::affinity() else {
+        return Err(FenceError::Unavailable(libc::ENOSYS));
+    };
+    let cpus: Vec<usize> = (0..sys::CPU_SETSIZE)
+        .filter(|&c| sys::in_set(&allowed, c))
+        .collect();
+    migrate_through(&cpus)
+}
+
+/// Runs the calling thread on each CPU of `cpus` in turn (those it may run
+/// on), then restores its affinity.
+fn migrate_through(cpus: &[usize]) -> Result<(), FenceError> {
+    let Some(original) = sys::affinity() else {
+        return Err(FenceError::Unavailable(libc::ENOSYS));
+    };
+    let mut result = Ok(());
+    for &cpu in cpus {
+        if !sys::in_set(&original, cpu) {
+            continue;
+        }
+        let Some(only) = sys::single_cpu(cpu) else {
+            continue;
+        };
+        // Once sched_setaffinity returns, the thread runs on `cpu`: the
+        // kernel migrates it before returning to user space.
+        if let Err(errno) = sys::set_affinity(&only) {
+            result = Err(FenceError::Unavailable(errno));
+            break;
+        }
+    }
+    if sys::set_affinity(&original).is_err() && result.is_ok() {
+        result = Err(FenceError::Unavailable(libc::EPERM));
+    }
+    result
 }

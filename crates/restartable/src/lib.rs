@@ -45,6 +45,7 @@ mod cpu;
 pub mod fence;
 pub mod inject;
 mod ops;
+mod percpu_u64;
 mod process;
 mod registration;
 pub mod section;
@@ -56,8 +57,9 @@ pub use counter::Counter;
 pub use cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
+pub use percpu_u64::PerCpuU64;
 pub use process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
-pub use registration::{registration, FallbackReason, Owner, Registration};
+pub use registration::{opt_out_current_thread, registration, FallbackReason, Owner, Registration};
 
 /// True when this build has critical sections for the target architecture
 /// (x86-64 Linux today). Elsewhere every operation takes the fallback path,

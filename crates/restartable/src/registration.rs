@@ -55,6 +55,8 @@ pub enum FallbackReason {
     /// another registrant's signature), `EINVAL` (another area is already
     /// registered for this thread).
     Refused(i32),
+    /// The thread called [`opt_out_current_thread`].
+    OptedOut,
     /// The thread is exiting: its area was unregistered by its thread-local
     /// destructor, so operations from later destructors use the fallback.
     ThreadExiting,
@@ -75,6 +77,9 @@ impl core::fmt::Display for FallbackReason {
                 write!(f, "the kernel refused registration: {}", errno_name(*errno))
             }
             FallbackReason::Pending => f.write_str("registration in progress on this thread"),
+            FallbackReason::OptedOut => {
+                f.write_str("the thread opted out (opt_out_current_thread)")
+            }
             FallbackReason::ThreadExiting => {
                 f.write_str("the thread is exiting (its area was unregistered)")
             }
@@ -182,20 +187,21 @@ struct OwnedSlot {
     len: Cell<u32>,
 }
 
-impl Drop for OwnedSlot {
-    fn drop(&mut self) {
-        let area = self.area.get();
-        if area.is_null() {
-            return;
-        }
-        // Operations in destructors that run after this one take the
-        // fallback path.
+impl OwnedSlot {
+    /// Unregisters the thread's own area, if it has one, and returns it to
+    /// the pool; from then on the thread takes the fallback path, for
+    /// `reason`.
+    fn release(&self, reason: FallbackReason) {
         AREA.set(marker(UNAVAILABLE));
         STATE.set(ThreadState {
             owner: OWNER_NONE,
             feature_size: 0,
-            reason: Some(FallbackReason::ThreadExiting),
+            reason: Some(reason),
         });
+        let area = self.area.replace(core::ptr::null());
+        if area.is_null() {
+            return;
+        }
         if sys::rseq_unregister(
             area as *mut core::ffi::c_void,
             self.len.get(),
@@ -203,16 +209,38 @@ impl Drop for OwnedSlot {
         )
         .is_ok()
         {
-            if let Ok(mut pool) = POOL.lock() {
-                pool.push(area as usize);
-            }
+            give_back(area);
         }
         // If unregistering failed the area stays leaked, never reused.
     }
 }
 
-const _: () = assert!(core::mem::size_of::<OwnedArea>() == OWNED_AREA_SIZE);
-const _: () = assert!(core::mem::align_of::<OwnedArea>() == OWNED_AREA_ALIGN as usize);
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        // Operations in destructors that run after this one take the
+        // fallback path.
+        self.release(FallbackReason::ThreadExiting);
+    }
+}
+
+/// Makes the calling thread stop using rseq: from now on its operations
+/// take the fallback path (correct alongside threads that use rseq). The
+/// library's own area, if it registered one for this thread, is
+/// unregistered; libc's stays registered (it belongs to libc) but is no
+/// longer used. [`registration`] then reports [`FallbackReason::OptedOut`].
+///
+/// Meant for threads that must not depend on rseq (a thread about to be
+/// single-stepped, tests of the fallback path).
+pub fn opt_out_current_thread() {
+    sys::with_signals_blocked(|| {
+        if OWNED
+            .try_with(|slot| slot.release(FallbackReason::OptedOut))
+            .is_err()
+        {
+            AREA.set(marker(UNAVAILABLE));
+        }
+    });
+}
 
 thread_local! {
     static AREA: Cell<*const Rseq> = const { Cell::new(marker(UNDECIDED)) };

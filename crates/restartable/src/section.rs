@@ -14,7 +14,7 @@
 //! | [`add`](Thread::add) | `*v += count` | `load_add_store` |
 //! | [`pop`](Thread::pop) | if `*v != expect_not`: return `*v`, `*v = *(*v + offset)` | `load_cbeq_store_add_load_store` |
 //! | [`deref_add`](Thread::deref_add) | `**(*p + offset) += count` | `load_add_load_load_add_store` |
-//! | [`compare2_store`](Thread::compare2_store) | if `*v == expect && *v2 == expect2` then `*v = new` | `load_cbne_load_cbne_store` |
+//! | [`compare2_store`](Thread::compare2_store) | if `*v2 == expect2 && *v == expect` then `*v = new` | `load_cbne_load_cbne_store` |
 //! | [`store_then_store`](Thread::store_then_store) | if `*v == expect`: `*v2 = new2`, then `*v = new` | `load_cbne_store_store` |
 //! | [`memcpy_then_store`](Thread::memcpy_then_store) | if `*v == expect`: copy `len` bytes, then `*v = new` | `load_cbne_memcpy_store` |
 //!
@@ -28,9 +28,10 @@
 //!   stops such sections and fences them (see RSEQ_NOTES §5). A plain
 //!   atomic read-modify-write from another thread racing a section on the
 //!   same word loses updates.
-//! - Words read but not written (the second compare of
-//!   [`compare2_store`](Thread::compare2_store), the list nodes of
-//!   [`pop`](Thread::pop)) are stable while reachable from the data.
+//! - Words read but not written (the list nodes of [`pop`](Thread::pop))
+//!   are stable while reachable from the data. The second word of
+//!   [`compare2_store`](Thread::compare2_store) may instead be a guard that
+//!   another thread sets and then fences.
 //!
 //! Release: with [`Order::Release`] the commit is a store-release (every
 //! earlier store of the section and of the thread is visible to whoever
@@ -300,7 +301,14 @@ impl Thread {
         outcome(self.area, attempt, || (), 0)
     }
 
-    /// If `*v == expect` and `*v2 == expect2`, commit `*v = new`.
+    /// If `*v2 == expect2` and `*v == expect`, commit `*v = new`.
+    ///
+    /// `v2` is read first, with acquire ordering, so it can be a *guard*:
+    /// a word that another thread sets, then fences the CPU
+    /// ([`fence::fence_cpu`](crate::fence::fence_cpu)), to keep every
+    /// section from committing to `v` while it works on `v` itself
+    /// (RSEQ_NOTES §5). A failed compare reports `which: 1` for `v2`,
+    /// `which: 0` for `v`.
     ///
     /// # Safety
     /// The [module contract](self).

@@ -177,6 +177,50 @@ mod imp {
         Some(&buf[..len])
     }
 
+    /// The calling thread's CPU affinity mask.
+    pub fn affinity() -> Option<libc::cpu_set_t> {
+        // SAFETY: cpu_set_t is plain data that sched_getaffinity fills.
+        unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            (libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+                .then_some(set)
+        }
+    }
+
+    /// Sets the calling thread's CPU affinity mask.
+    pub fn set_affinity(set: &libc::cpu_set_t) -> Result<(), Errno> {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let rc =
+            unsafe { libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), set) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// A mask holding only `cpu` (`None` past `CPU_SETSIZE`).
+    pub fn single_cpu(cpu: usize) -> Option<libc::cpu_set_t> {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return None;
+        }
+        // SAFETY: zeroed cpu_set_t is the empty set; CPU_SET writes in bounds.
+        unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            Some(set)
+        }
+    }
+
+    /// Whether `cpu` is in `set`.
+    pub fn in_set(set: &libc::cpu_set_t, cpu: usize) -> bool {
+        // SAFETY: CPU_ISSET reads within the set for cpu < CPU_SETSIZE.
+        cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, set) }
+    }
+
+    /// The number of CPUs a `cpu_set_t` can name.
+    pub const CPU_SETSIZE: usize = libc::CPU_SETSIZE as usize;
+
     /// libc's version string (`gnu_get_libc_version`), when libc is glibc.
     #[cfg(target_env = "gnu")]
     pub fn libc_version() -> Option<&'static str> {
@@ -243,6 +287,22 @@ mod imp {
     pub fn libc_version() -> Option<&'static str> {
         None
     }
+    /// Stand-in for `cpu_set_t`.
+    #[derive(Clone, Copy)]
+    pub struct CpuSet;
+    pub fn affinity() -> Option<CpuSet> {
+        None
+    }
+    pub fn set_affinity(_set: &CpuSet) -> Result<(), Errno> {
+        Err(ENOSYS)
+    }
+    pub fn single_cpu(_cpu: usize) -> Option<CpuSet> {
+        None
+    }
+    pub fn in_set(_set: &CpuSet, _cpu: usize) -> bool {
+        false
+    }
+    pub const CPU_SETSIZE: usize = 0;
 }
 
 pub use imp::*;

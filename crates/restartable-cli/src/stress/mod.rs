@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use clap::ValueEnum;
 use restartable::section::{Index, Order, Thread};
-use restartable::Counter;
+use restartable::{Counter, PerCpuU64};
 use serde::Serialize;
 
 use crate::signals;
@@ -36,6 +36,9 @@ pub enum Mode {
     Memcpy,
     /// `**(*p + off) += 1` through a table of per-CPU pointers.
     DerefAdd,
+    /// The library's `PerCpuU64` (fetch-update and compare-store through a
+    /// guarded section; works on the fallback path too, mixed with rseq).
+    FetchUpdate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -65,6 +68,7 @@ pub struct Options {
     pub inject: Vec<(usize, u64)>,
     pub index: IndexArg,
     pub order: OrderArg,
+    pub skip_registration: u32,
     pub json: bool,
 }
 
@@ -103,6 +107,8 @@ struct Report {
 
 /// The counter the signal handler adds to (and the `counter` mode uses).
 static COUNTER: Counter = Counter::new();
+/// The words of the `fetch-update` mode.
+static WORDS: PerCpuU64 = PerCpuU64::new();
 static RSEQ_THREADS: AtomicU64 = AtomicU64::new(0);
 static FALLBACK_THREADS: AtomicU64 = AtomicU64::new(0);
 
@@ -171,9 +177,14 @@ fn run_workers(
     let failures = std::thread::scope(|s| {
         let mut spawn_error = None;
         let handles: Vec<_> = (0..threads)
-            .map_while(|_| {
+            .map_while(|n| {
+                let skip = n < u64::from(opts.skip_registration);
+                let disturb = &disturb;
                 let spawned =
-                    std::thread::Builder::new().spawn_scoped(s, || -> Result<(), String> {
+                    std::thread::Builder::new().spawn_scoped(s, move || -> Result<(), String> {
+                        if skip {
+                            restartable::opt_out_current_thread();
+                        }
                         let _timer = match opts.signal_us {
                             0 => None,
                             us => Some(signals::ThreadTimer::start(us)?),
@@ -210,7 +221,7 @@ fn run_workers(
 fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
     let items = (16 * restartable::possible_cpus()).max(threads as usize * 2);
     Some(match mode {
-        Mode::Counter | Mode::Churn => return None,
+        Mode::Counter | Mode::Churn | Mode::FetchUpdate => return None,
         Mode::Increment => Box::new(percpu::Increment::new()),
         Mode::Spinlock => Box::new(percpu::Spinlock::new()),
         Mode::List => Box::new(percpu::List::new(items)),
@@ -258,6 +269,39 @@ pub fn run(opts: Options) -> Result<(), String> {
             run_workers(threads, &opts, &paths, &|| COUNTER.inc())?;
             (threads, threads * opts.ops, None)
         }
+        Mode::FetchUpdate => {
+            let threads = opts.threads.map_or(default_threads, u64::from);
+            let cpus = restartable::possible_cpus();
+            run_workers(threads, &opts, &paths, &|| {
+                // Mix the entry points; each adds one in all. Every 8th
+                // operation works on another CPU's word (through its guard
+                // and the fence), racing the sections running there.
+                let old = WORDS.fetch_update(|v| v + 1);
+                if old % 8 == 3 {
+                    let remote = (restartable::current_cpu() + 1) % cpus;
+                    WORDS.fetch_update_on(remote, |v| v + 1);
+                    WORDS.fetch_update(|v| v.wrapping_sub(1));
+                } else if old % 2 == 1 {
+                    loop {
+                        let cpu = restartable::current_cpu();
+                        let v = WORDS.get(cpu).unwrap_or(0);
+                        match WORDS.compare_store(v, v + 1) {
+                            Ok(()) => break,
+                            Err(_) => continue,
+                        }
+                    }
+                    WORDS.fetch_update(|v| v - 1);
+                }
+            })?;
+            let ops = threads * opts.ops;
+            let sum = WORDS.sum();
+            let check = if sum == ops {
+                Ok(format!("sum {sum}, expected {ops}"))
+            } else {
+                Err(format!("sum {sum}, expected {ops}"))
+            };
+            (threads, ops, Some(check))
+        }
         Mode::Churn => {
             let threads = opts.threads.map_or(4000, u64::from);
             // At most 64 alive at once, so thread creation dominates.
@@ -280,6 +324,11 @@ pub fn run(opts: Options) -> Result<(), String> {
             (threads, threads, None)
         }
         mode => {
+            if opts.skip_registration > 0 {
+                return Err(format!(
+                    "mode {mode:?} drives raw critical sections and has no fallback; --skip-registration works with counter and fetch-update"
+                ));
+            }
             let threads = opts.threads.map_or(default_threads, u64::from);
             let Some(t) = Thread::current() else {
                 return Err(format!(

@@ -476,7 +476,8 @@ pub(crate) unsafe fn deref_add<const ID: usize, const RELEASE: bool>(
     Attempt::Committed
 }
 
-/// If `*v == expect` and `*v2 == expect2`, commit `*v = new`.
+/// If `*v2 == expect2` (load-acquire, first) and `*v == expect`, commit
+/// `*v = new`.
 ///
 /// # Safety
 /// As the x86-64 version.
@@ -498,16 +499,19 @@ pub(crate) unsafe fn compare2_store<const ID: usize, const RELEASE: bool>(
                 begin!(),
                 exit!("24f"),
                 exit!("25f"),
+                // `v2` first, with acquire: it may be a guard word whose
+                // release by another thread must order the load of `v`.
+                "ldar {val}, [{v2}]",
+                "cmp {val}, {expect2}",
+                far!("ne", "25f"),
+                inject!("16"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
                 far!("ne", "24f"),
-                inject!("16"),
-                "ldr {val}, [{v2}]",
-                "cmp {val}, {expect2}",
-                far!("ne", "25f"),
                 inject!("24"),
+                // `v2` is not checked twice: as a guard it may be set by
+                // another CPU mid-section, which then fences.
                 twice!("{v}", "{expect}"),
-                twice!("{v2}", "{expect2}"),
                 concat!($st, " {new}, [{v}]"),
                 end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
                 area = in(reg) area,

@@ -449,9 +449,9 @@ pub(crate) unsafe fn deref_add<const ID: usize, const RELEASE: bool>(
     Attempt::Committed
 }
 
-/// If `*v == expect` and `*v2 == expect2`, commit `*v = new`; a failed
-/// compare reports `CompareFailed(0)` or `CompareFailed(1)` with the value
-/// seen written to `*seen`.
+/// If `*v2 == expect2` and `*v == expect` (read in that order), commit
+/// `*v = new`; a failed compare reports `CompareFailed(0)` (for `v`) or
+/// `CompareFailed(1)` (for `v2`) with the value seen written to `*seen`.
 ///
 /// # Safety
 /// As [`compare_store`], for `v` and `v2`.
@@ -473,16 +473,18 @@ pub(crate) unsafe fn compare2_store<const ID: usize, const RELEASE: bool>(
             begin!(),
             exit!("24f"),
             exit!("25f"),
-            "mov {val}, qword ptr [{v}]",
-            "cmp {val}, {expect}",
-            "jne 24f",
-            inject!("16"),
+            // `v2` first: it may be a guard word (see section::compare2_store).
             "mov {val}, qword ptr [{v2}]",
             "cmp {val}, {expect2}",
             "jne 25f",
+            inject!("16"),
+            "mov {val}, qword ptr [{v}]",
+            "cmp {val}, {expect}",
+            "jne 24f",
             inject!("24"),
+            // `v2` is not checked twice: as a guard it may be set by another
+            // CPU mid-section, which then fences (aborting this section).
             twice!("{v}", "{expect}"),
-            twice!("{v2}", "{expect2}"),
             "mov qword ptr [{v}], {new}",
             end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
             area = in(reg) area,

@@ -1,0 +1,268 @@
+//! [`PerCpuU64`]: one `u64` per CPU, read-modify-written through critical
+//! sections, with a fallback that is safe alongside them.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::ops::MAX_ATTEMPTS;
+use crate::section::{Index, Order, Outcome, Thread};
+use crate::slots::Slots;
+use crate::{cpu, fence, stats};
+
+/// One CPU's word and its guard (see [`PerCpuU64`]).
+#[derive(Default)]
+#[repr(C)]
+struct Guarded {
+    value: AtomicU64,
+    /// Non-zero while a fallback-path thread owns `value`.
+    guard: AtomicU64,
+}
+
+/// One `u64` per possible CPU, updated by the thread running on that CPU
+/// with a critical section ([`fetch_update`](Self::fetch_update),
+/// [`compare_store`](Self::compare_store), [`add`](Self::add)) and read by
+/// anyone ([`get`](Self::get), [`sum`](Self::sum)).
+///
+/// Unlike [`Counter`](crate::Counter), whose adds commute, these updates
+/// depend on the value they read, so a thread that cannot run the section
+/// (no rseq, or an operation aborted 16 times in a row) must stop the
+/// sections of that CPU before it touches the word. Each word has a guard:
+/// every section checks it first (with [`compare2_store`]); the fallback
+/// path sets it, fences the CPU ([`fence::fence_cpu`]), updates the word,
+/// and clears it. Both paths can run at once, in any mix of threads.
+///
+/// [`compare2_store`]: crate::section::Thread::compare2_store
+///
+/// ```
+/// use restartable::PerCpuU64;
+///
+/// let high_water = PerCpuU64::new();
+/// std::thread::scope(|s| {
+///     for t in 0..4u64 {
+///         let high_water = &high_water;
+///         s.spawn(move || high_water.fetch_update(|v| v.max(t * 10)));
+///     }
+/// });
+/// assert_eq!(high_water.per_cpu().into_iter().max(), Some(30));
+/// ```
+pub struct PerCpuU64 {
+    slots: Slots<Guarded>,
+}
+
+impl PerCpuU64 {
+    /// All words zero; `const`, so it can initialize a `static`. Memory is
+    /// allocated on first use.
+    pub const fn new() -> Self {
+        PerCpuU64 {
+            slots: Slots::new(),
+        }
+    }
+
+    /// Replaces the current CPU's word `v` with `f(v)` and returns `v`. `f`
+    /// may run more than once (when another thread on the CPU got there
+    /// first), so it should be a plain function of its argument.
+    pub fn fetch_update(&self, mut f: impl FnMut(u64) -> u64) -> u64 {
+        // `f` never declines, so an old value always comes back.
+        self.fetch_update_if(|v| Some(f(v))).unwrap_or_default()
+    }
+
+    /// If the current CPU's word equals `expect`, replaces it with `new`;
+    /// otherwise returns the value found there.
+    pub fn compare_store(&self, expect: u64, new: u64) -> Result<(), u64> {
+        let mut seen = expect;
+        let old = self.fetch_update_if(|v| {
+            seen = v;
+            (v == expect).then_some(new)
+        });
+        match old {
+            Some(_) => Ok(()),
+            None => Err(seen),
+        }
+    }
+
+    /// Adds `n` (wrapping) to the current CPU's word.
+    pub fn add(&self, n: u64) {
+        self.fetch_update(|v| v.wrapping_add(n));
+    }
+
+    /// Replaces the word of CPU `cpu` (any CPU, not only the current one)
+    /// with `f(v)` and returns `v`; `None` when `cpu` is past
+    /// [`possible_cpus`](crate::possible_cpus). This always takes the guarded
+    /// path: it sets `cpu`'s guard, fences `cpu` (a membarrier system call, or
+    /// a migration), updates, and releases, so it costs microseconds. Use it
+    /// for remote work: draining, rebalancing, resetting.
+    pub fn fetch_update_on(&self, cpu: usize, mut f: impl FnMut(u64) -> u64) -> Option<u64> {
+        let (base, len) = self.slots.get();
+        (cpu < len).then(|| self.guarded(base, cpu, |v| Some(f(v))).0)
+    }
+
+    /// The word of `cpu`, or `None` past [`possible_cpus`](crate::possible_cpus).
+    pub fn get(&self, cpu: usize) -> Option<u64> {
+        let slots = self.slots.as_slice();
+        if slots.is_empty() && cpu < crate::possible_cpus() {
+            return Some(0);
+        }
+        slots.get(cpu).map(|s| s.0.value.load(Ordering::Acquire))
+    }
+
+    /// The (wrapping) sum of all words: a relaxed snapshot.
+    pub fn sum(&self) -> u64 {
+        self.slots.as_slice().iter().fold(0u64, |acc, s| {
+            acc.wrapping_add(s.0.value.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Every CPU's word (empty before first use).
+    pub fn per_cpu(&self) -> Vec<u64> {
+        self.slots
+            .as_slice()
+            .iter()
+            .map(|s| s.0.value.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Like `fetch_update`, but `f` may decline (`None`): returns the old
+    /// value when an update was made.
+    fn fetch_update_if(&self, mut f: impl FnMut(u64) -> Option<u64>) -> Option<u64> {
+        let (base, len) = self.slots.get();
+        if let Some(t) = Thread::current() {
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(id) = t.id(Index::Cpu) else { break };
+                let index = id.as_usize();
+                if index >= len {
+                    break;
+                }
+                // SAFETY: `index < len` slots live behind `base`.
+                let slot = unsafe { &(*base.as_ptr().add(index)).0 };
+                let old = slot.value.load(Ordering::Relaxed);
+                let new = f(old)?;
+                // SAFETY: as in `fetch_update`.
+                let outcome = unsafe {
+                    t.compare2_store(
+                        id,
+                        Order::Release,
+                        slot.value.as_ptr(),
+                        old,
+                        slot.guard.as_ptr(),
+                        0,
+                        new,
+                    )
+                };
+                match outcome {
+                    Outcome::Committed(()) => return Some(old),
+                    Outcome::CompareFailed { which: 1, .. } => std::thread::yield_now(),
+                    Outcome::CompareFailed { .. } => {}
+                    Outcome::Aborted => stats::record_abort(),
+                }
+            }
+        }
+        let (old, updated) = self.fallback(base, len, f);
+        updated.then_some(old)
+    }
+
+    /// The fallback path: the guarded update of the current CPU's word.
+    #[cold]
+    fn fallback(
+        &self,
+        base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
+        len: usize,
+        f: impl FnMut(u64) -> Option<u64>,
+    ) -> (u64, bool) {
+        stats::record_fallback(false);
+        self.guarded(base, cpu::fold(cpu::raw_cpu(), len), f)
+    }
+
+    /// Owns word `index` through its guard, fences its CPU, updates it and
+    /// releases it. Returns (old value, updated).
+    fn guarded(
+        &self,
+        base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
+        index: usize,
+        mut f: impl FnMut(u64) -> Option<u64>,
+    ) -> (u64, bool) {
+        // SAFETY: callers pass `index` below the slot count.
+        let slot = unsafe { &(*base.as_ptr().add(index)).0 };
+        while slot
+            .guard
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        // Sections that read the guard before we set it are aborted or
+        // committed when this returns; later ones see it and stay out. If
+        // no fence can be made, no thread of ours can run on that CPU.
+        let _ = fence::fence_cpu(index);
+        let old = slot.value.load(Ordering::Acquire);
+        let new = f(old);
+        if let Some(new) = new {
+            slot.value.store(new, Ordering::Release);
+        }
+        slot.guard.store(0, Ordering::Release);
+        (old, new.is_some())
+    }
+}
+
+impl Default for PerCpuU64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for PerCpuU64 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PerCpuU64")
+            .field("per_cpu", &self.per_cpu())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_are_exact_across_threads() {
+        let threads = if cfg!(miri) { 3 } else { 8 };
+        let per_thread = if cfg!(miri) { 30 } else { 20_000 };
+        let words = PerCpuU64::new();
+        std::thread::scope(|s| {
+            for i in 0..threads {
+                let words = &words;
+                s.spawn(move || {
+                    for j in 0..per_thread {
+                        match j % 3 {
+                            0 => words.add(1),
+                            1 => {
+                                words.fetch_update(|v| v + 1);
+                            }
+                            _ => loop {
+                                let cpu = crate::current_cpu();
+                                let v = words.get(cpu).unwrap();
+                                // May race with a migration: retry until
+                                // one compare_store lands.
+                                if words.compare_store(v, v + 1).is_ok() {
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                    let _ = i;
+                });
+            }
+        });
+        assert_eq!(words.sum(), threads * per_thread);
+    }
+
+    #[test]
+    fn compare_store_reports_the_value_seen() {
+        let words = PerCpuU64::new();
+        words.add(5);
+        // A single thread stays on one CPU long enough most of the time;
+        // accept either outcome but check its content.
+        match words.compare_store(7, 9) {
+            Ok(()) => panic!("no word holds 7"),
+            Err(seen) => assert!(seen == 5 || seen == 0),
+        }
+        assert_eq!(words.sum(), 5);
+    }
+}
