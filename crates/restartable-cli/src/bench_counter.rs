@@ -3,15 +3,13 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use clap::ValueEnum;
 use crossbeam_utils::CachePadded;
-use indicatif::{ProgressBar, ProgressStyle};
 use restartable::Counter;
 use serde::Serialize;
 
-use crate::measure::{self, Budget, Workload};
+use crate::measure::{self, print_table, Budget, Plan, TableRow, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,52 +154,25 @@ fn measure(variant: Variant, threads: u32, budget: Budget) -> (measure::Measured
     }
 }
 
-/// 1, N and 4N threads (N = online CPUs), without repeats.
-pub fn default_threads() -> Vec<u32> {
-    let n = restartable::online_cpus().min(1024) as u32;
-    let mut t = vec![1, n, 4 * n];
-    t.dedup();
-    t
-}
-
 pub fn run(opts: Options) -> Result<(), String> {
-    let threads = if opts.threads.is_empty() {
-        default_threads()
-    } else {
-        opts.threads
-    };
+    let plan = Plan::new(opts.threads, opts.duration, opts.ops);
     let variants = if opts.variants.is_empty() {
         Variant::ALL.to_vec()
     } else {
         opts.variants
     };
-    let budget = match opts.ops {
-        Some(n) => Budget::Ops(n),
-        None => Budget::Time(Duration::from_secs_f64(opts.duration)),
-    };
-
-    let progress = ProgressBar::new((threads.len() * variants.len()) as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut rows = Vec::new();
-    for &t in &threads {
-        for &v in &variants {
-            progress.set_message(format!("{} x{t}", v.name()));
-            let (m, exact) = measure(v, t, budget);
-            rows.push(Row {
-                variant: v,
-                threads: t,
-                ns_per_op: m.ns_per_op,
-                mops: m.mops,
-                exact,
-                vs_counter: None,
-            });
-            progress.inc(1);
-        }
-    }
-    progress.finish_and_clear();
+    let mut rows: Vec<Row> = plan
+        .run(&variants, Variant::name, measure)
+        .into_iter()
+        .map(|(v, t, m, exact)| Row {
+            variant: v,
+            threads: t,
+            ns_per_op: m.ns_per_op,
+            mops: m.mops,
+            exact,
+            vs_counter: None,
+        })
+        .collect();
     for i in 0..rows.len() {
         let base = rows
             .iter()
@@ -227,23 +198,21 @@ pub fn run(opts: Options) -> Result<(), String> {
             },
             reg.owner.as_str()
         );
-        println!(
-            "{:<20} {:>7} {:>14} {:>12} {:>11} {:>6}",
-            "variant", "threads", "ns/op/thread", "Mops/s", "x counter", "exact"
-        );
-        for r in &rows {
-            println!(
-                "{:<20} {:>7} {:>14.2} {:>12.1} {:>11} {:>6}",
-                r.variant.name(),
-                r.threads,
-                r.ns_per_op,
-                r.mops,
-                r.vs_counter.map_or("-".to_owned(), |x| format!("{x:.2}")),
-                if r.exact { "yes" } else { "NO" }
-            );
-        }
+        let table: Vec<TableRow> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.variant.name(),
+                    r.threads,
+                    r.ns_per_op,
+                    r.mops,
+                    r.vs_counter,
+                    r.exact,
+                )
+            })
+            .collect();
+        print_table("x counter", &table);
         println!("x counter: this variant's ns/op over counter's at the same thread count; above 1 means counter is faster.");
-        println!("ns/op/thread is wall time per operation of one thread: with more threads than CPUs it includes the time a thread waits for a CPU; Mops/s is the total throughput.");
     }
     if rows.iter().all(|r| r.exact) {
         Ok(())

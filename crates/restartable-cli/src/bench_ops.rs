@@ -4,15 +4,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use clap::ValueEnum;
 use crossbeam_utils::CachePadded;
-use indicatif::{ProgressBar, ProgressStyle};
 use restartable::section::{Index, Order, Outcome, Thread};
 use serde::Serialize;
 
-use crate::measure::{self, Budget, Workload};
+use crate::measure::{self, print_table, Budget, Plan, TableRow, Workload};
 use crate::stress::percpu::{self, Record, Structure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -320,43 +318,25 @@ pub fn run(opts: Options) -> Result<(), String> {
                 .map_or("no sections on this target".to_owned(), |r| r.to_string())
         ));
     }
-    let threads = if opts.threads.is_empty() {
-        crate::bench_counter::default_threads()
-    } else {
-        opts.threads
-    };
+    let plan = Plan::new(opts.threads, opts.duration, opts.ops);
     let variants = if opts.variants.is_empty() {
         Variant::ALL.to_vec()
     } else {
         opts.variants
     };
-    let budget = match opts.ops {
-        Some(n) => Budget::Ops(n),
-        None => Budget::Time(Duration::from_secs_f64(opts.duration)),
-    };
-    let progress = ProgressBar::new((threads.len() * variants.len()) as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut rows = Vec::new();
-    for &t in &threads {
-        for &v in &variants {
-            progress.set_message(format!("{} x{t}", v.name()));
-            let (m, exact) = measure(v, t, budget);
-            rows.push(Row {
-                variant: v,
-                threads: t,
-                ns_per_op: m.ns_per_op,
-                mops: m.mops,
-                exact,
-                section: v.section(),
-                vs_section: None,
-            });
-            progress.inc(1);
-        }
-    }
-    progress.finish_and_clear();
+    let mut rows: Vec<Row> = plan
+        .run(&variants, Variant::name, measure)
+        .into_iter()
+        .map(|(v, t, m, exact)| Row {
+            variant: v,
+            threads: t,
+            ns_per_op: m.ns_per_op,
+            mops: m.mops,
+            exact,
+            section: v.section(),
+            vs_section: None,
+        })
+        .collect();
     for i in 0..rows.len() {
         let base = rows
             .iter()
@@ -371,21 +351,20 @@ pub fn run(opts: Options) -> Result<(), String> {
         );
     } else {
         println!("restartable bench ops: {} online CPUs; each row compared with the section of its group", restartable::online_cpus());
-        println!(
-            "{:<22} {:>7} {:>14} {:>12} {:>11} {:>6}",
-            "variant", "threads", "ns/op/thread", "Mops/s", "x section", "exact"
-        );
-        for r in &rows {
-            println!(
-                "{:<22} {:>7} {:>14.2} {:>12.1} {:>11} {:>6}",
-                r.variant.name(),
-                r.threads,
-                r.ns_per_op,
-                r.mops,
-                r.vs_section.map_or("-".to_owned(), |x| format!("{x:.2}")),
-                if r.exact { "yes" } else { "NO" }
-            );
-        }
+        let table: Vec<TableRow> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.variant.name(),
+                    r.threads,
+                    r.ns_per_op,
+                    r.mops,
+                    r.vs_section,
+                    r.exact,
+                )
+            })
+            .collect();
+        print_table("x section", &table);
         println!("x section: this variant's ns/op over its section's at the same thread count; above 1 means the section is faster.");
         println!("list, stack and mutex rows are one pop plus one push; memcpy rows copy a 32-byte record out and back.");
     }

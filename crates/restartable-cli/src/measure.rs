@@ -99,3 +99,79 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Measured {
         },
     }
 }
+
+/// The thread counts and budget every benchmark of the command shares.
+pub struct Plan {
+    pub threads: Vec<u32>,
+    pub budget: Budget,
+}
+
+impl Plan {
+    /// `threads` (default 1, N and 4N, N = online CPUs), each run lasting
+    /// `duration` seconds or `ops` operations per thread.
+    pub fn new(threads: Vec<u32>, duration: f64, ops: Option<u64>) -> Plan {
+        let threads = if threads.is_empty() {
+            let n = restartable::online_cpus().min(1024) as u32;
+            let mut t = vec![1, n, 4 * n];
+            t.dedup();
+            t
+        } else {
+            threads
+        };
+        let budget = match ops {
+            Some(n) => Budget::Ops(n),
+            None => Budget::Time(Duration::from_secs_f64(duration)),
+        };
+        Plan { threads, budget }
+    }
+
+    /// Runs every variant at every thread count, with a progress bar on
+    /// stderr; `measure` returns the measurement and whether the final
+    /// state was exact.
+    pub fn run<V: Copy>(
+        &self,
+        variants: &[V],
+        name: impl Fn(V) -> &'static str,
+        mut measure: impl FnMut(V, u32, Budget) -> (Measured, bool),
+    ) -> Vec<(V, u32, Measured, bool)> {
+        let progress = indicatif::ProgressBar::new((self.threads.len() * variants.len()) as u64);
+        progress.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut rows = Vec::new();
+        for &t in &self.threads {
+            for &v in variants {
+                progress.set_message(format!("{} x{t}", name(v)));
+                let (m, exact) = measure(v, t, self.budget);
+                rows.push((v, t, m, exact));
+                progress.inc(1);
+            }
+        }
+        progress.finish_and_clear();
+        rows
+    }
+}
+
+/// One printed row: variant name, threads, measurement, ratio, exact.
+pub type TableRow<'a> = (&'a str, u32, f64, f64, Option<f64>, bool);
+
+/// Prints the benchmark table; `ratio` names the ratio column.
+pub fn print_table(ratio: &str, rows: &[TableRow<'_>]) {
+    println!(
+        "{:<22} {:>7} {:>14} {:>12} {:>11} {:>6}",
+        "variant", "threads", "ns/op/thread", "Mops/s", ratio, "exact"
+    );
+    for (name, threads, ns, mops, x, exact) in rows {
+        println!(
+            "{:<22} {:>7} {:>14.2} {:>12.1} {:>11} {:>6}",
+            name,
+            threads,
+            ns,
+            mops,
+            x.map_or("-".to_owned(), |x| format!("{x:.2}")),
+            if *exact { "yes" } else { "NO" }
+        );
+    }
+    println!("ns/op/thread is wall time per operation of one thread: with more threads than CPUs it includes the time a thread waits for a CPU; Mops/s is the total throughput.");
+}
