@@ -115,16 +115,24 @@ struct StressArgs {
     /// (points 0-3; needs the `inject` feature).
     #[arg(long, value_delimiter = ',', value_parser = parse_inject)]
     inject: Vec<(usize, u64)>,
-    /// Which id indexes the per-CPU data.
+    /// Which id indexes the per-CPU data (raw-section modes).
     #[arg(long, value_enum, default_value = "cpu")]
     index: stress::IndexArg,
-    /// Memory order of the commits.
+    /// Memory order of the commits (raw-section modes).
     #[arg(long, value_enum, default_value = "relaxed")]
     order: stress::OrderArg,
     /// This many worker threads opt out of rseq and take the fallback path
     /// while the others run sections (modes counter and fetch-update).
     #[arg(long, default_value_t = 0)]
     skip_registration: u32,
+    /// Give up (exit status 3) if the run has not finished after this many
+    /// seconds (0: wait forever).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Pin worker i to CPU i mod online CPUs (so a fence must reach CPUs
+    /// outside the fencing thread's affinity).
+    #[arg(long)]
+    pin_workers: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -208,6 +216,8 @@ fn main() -> ExitCode {
             index: args.index,
             order: args.order,
             skip_registration: args.skip_registration,
+            timeout: args.timeout,
+            pin_workers: args.pin_workers,
             json: args.json,
         }),
     };

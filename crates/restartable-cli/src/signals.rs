@@ -122,3 +122,25 @@ pub fn default_sigpipe() {
     // SAFETY: setting a standard disposition for SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) -> Result<(), String> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays in bounds for
+    // cpu < CPU_SETSIZE (checked); sched_setaffinity on this thread.
+    let rc = unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(format!("cannot pin to CPU {cpu}"));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}

@@ -214,3 +214,39 @@ fn threads_that_skip_registration_mix_with_rseq_threads() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no fallback"));
 }
+
+#[test]
+fn the_migration_fence_reaches_cpus_outside_the_callers_affinity() {
+    if !rseq_here() {
+        return;
+    }
+    // membarrier refused: the fallback paths fence by migrating. Workers are
+    // pinned, so each fence targets a CPU outside the fencing thread's own
+    // affinity.
+    for extra in [&["--skip-registration", "3"][..], &[][..]] {
+        let mut args = vec![
+            "stress",
+            "fetch-update",
+            "--ops",
+            "4000",
+            "--threads",
+            "8",
+            "--pin-workers",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = restartable(&args);
+        with_syscall_filter(
+            &mut cmd,
+            libc::SYS_membarrier,
+            seccompiler::SeccompAction::Errno(libc::ENOSYS as u32),
+        );
+        let report = json_of(&mut cmd);
+        println!(
+            "[matrix] migration fence {extra:?}: {} path={}",
+            report["check"], report["path"]
+        );
+        assert_eq!(report["fence"], "migration", "{report}");
+        assert_eq!(report["exact"], true, "{report}");
+    }
+}

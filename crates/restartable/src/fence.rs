@@ -90,8 +90,8 @@ pub fn method() -> Method {
 /// Fences CPU `cpu`: when this returns, no critical section that started
 /// on it before the call can still commit.
 ///
-/// A CPU this process may not run on (outside its affinity) runs none of
-/// its sections, so it needs no fence and returns `Ok` at once.
+/// Errors only where neither membarrier nor `sched_setaffinity` may be
+/// used (a seccomp profile refusing both).
 pub fn fence_cpu(cpu: usize) -> Result<(), FenceError> {
     // On failure (EINVAL: the CPU is not online, so nothing runs there, or
     // the flag is unknown before Linux 5.10) migration settles it.
@@ -115,34 +115,33 @@ pub fn fence_all() -> Result<(), FenceError> {
     {
         return Ok(());
     }
-    let Some(allowed) = sys::affinity() else {
-        return Err(FenceError::Unavailable(libc::ENOSYS));
-    };
-    let cpus: Vec<usize> = (0..sys::CPU_SETSIZE)
-        .filter(|&c| sys::in_set(&allowed, c))
-        .collect();
+    // Every possible CPU, not only the caller's: affinity is per thread, and
+    // other threads may run where this one may not.
+    let cpus: Vec<usize> = (0..crate::possible_cpus().min(sys::CPU_SETSIZE)).collect();
     migrate_through(&cpus)
 }
 
-/// Runs the calling thread on each CPU of `cpus` in turn (those it may run
-/// on), then restores its affinity.
+/// Runs the calling thread on each CPU of `cpus` in turn, then restores its
+/// affinity. A CPU the kernel will not run it on (`EINVAL`: offline, or
+/// outside the process's cpuset) runs no thread of the process either, so
+/// it counts as fenced; any other refusal is an error.
 fn migrate_through(cpus: &[usize]) -> Result<(), FenceError> {
     let Some(original) = sys::affinity() else {
         return Err(FenceError::Unavailable(libc::ENOSYS));
     };
     let mut result = Ok(());
     for &cpu in cpus {
-        if !sys::in_set(&original, cpu) {
-            continue;
-        }
         let Some(only) = sys::single_cpu(cpu) else {
             continue;
         };
         // Once sched_setaffinity returns, the thread runs on `cpu`: the
         // kernel migrates it before returning to user space.
-        if let Err(errno) = sys::set_affinity(&only) {
-            result = Err(FenceError::Unavailable(errno));
-            break;
+        match sys::set_affinity(&only) {
+            Ok(()) | Err(libc::EINVAL) => {}
+            Err(errno) => {
+                result = Err(FenceError::Unavailable(errno));
+                break;
+            }
         }
     }
     if sys::set_affinity(&original).is_err() && result.is_ok() {

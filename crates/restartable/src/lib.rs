@@ -57,7 +57,7 @@ pub use counter::Counter;
 pub use cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
-pub use percpu_u64::PerCpuU64;
+pub use percpu_u64::{PerCpuU64, RemoteError};
 pub use process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
 pub use registration::{opt_out_current_thread, registration, FallbackReason, Owner, Registration};
 

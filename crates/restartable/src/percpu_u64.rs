@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::ops::MAX_ATTEMPTS;
 use crate::section::{Index, Order, Outcome, Thread};
 use crate::slots::Slots;
-use crate::{cpu, fence, stats};
+use crate::{cpu, fence, registration, stats, sys};
 
 /// One CPU's word and its guard (see [`PerCpuU64`]).
 #[derive(Default)]
@@ -57,9 +57,10 @@ impl PerCpuU64 {
         }
     }
 
-    /// Replaces the current CPU's word `v` with `f(v)` and returns `v`. `f`
-    /// may run more than once (when another thread on the CPU got there
-    /// first), so it should be a plain function of its argument.
+    /// Replaces the current CPU's word `v` with `f(v)` and returns `v`. As
+    /// with `AtomicU64::fetch_update`, `f` may run more than once (when the
+    /// word changed meanwhile, also by an update made from inside `f`), so
+    /// it should be a plain function of its argument.
     pub fn fetch_update(&self, mut f: impl FnMut(u64) -> u64) -> u64 {
         // `f` never declines, so an old value always comes back.
         self.fetch_update_if(|v| Some(f(v))).unwrap_or_default()
@@ -85,14 +86,28 @@ impl PerCpuU64 {
     }
 
     /// Replaces the word of CPU `cpu` (any CPU, not only the current one)
-    /// with `f(v)` and returns `v`; `None` when `cpu` is past
-    /// [`possible_cpus`](crate::possible_cpus). This always takes the guarded
-    /// path: it sets `cpu`'s guard, fences `cpu` (a membarrier system call, or
-    /// a migration), updates, and releases, so it costs microseconds. Use it
+    /// with `f(v)` and returns `v`. This always takes the guarded path: it
+    /// sets `cpu`'s guard, fences `cpu` (a membarrier system call, or a
+    /// migration), updates, and releases, so it costs microseconds. Use it
     /// for remote work: draining, rebalancing, resetting.
-    pub fn fetch_update_on(&self, cpu: usize, mut f: impl FnMut(u64) -> u64) -> Option<u64> {
+    ///
+    /// # Errors
+    /// [`RemoteError::NoSuchCpu`] when `cpu` is not below
+    /// [`possible_cpus`](crate::possible_cpus); [`RemoteError::Fence`] when
+    /// no fence can be made (membarrier and `sched_setaffinity` both
+    /// refused) while other threads run sections: nothing was changed.
+    pub fn fetch_update_on(
+        &self,
+        cpu: usize,
+        mut f: impl FnMut(u64) -> u64,
+    ) -> Result<u64, RemoteError> {
         let (base, len) = self.slots.get();
-        (cpu < len).then(|| self.guarded(base, cpu, |v| Some(f(v))).0)
+        if cpu >= len {
+            return Err(RemoteError::NoSuchCpu);
+        }
+        self.guarded(base, cpu, |v| Some(f(v)))
+            .map(|(old, _)| old)
+            .map_err(RemoteError::Fence)
     }
 
     /// The word of `cpu`, or `None` past [`possible_cpus`](crate::possible_cpus).
@@ -159,46 +174,124 @@ impl PerCpuU64 {
         updated.then_some(old)
     }
 
-    /// The fallback path: the guarded update of the current CPU's word.
+    /// The fallback path: the guarded update of the current CPU's word. If
+    /// no fence can be made, the thread yields and the caller tries again
+    /// (a process that forbids both fences while mixing paths waits here).
     #[cold]
     fn fallback(
         &self,
         base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
         len: usize,
-        f: impl FnMut(u64) -> Option<u64>,
+        mut f: impl FnMut(u64) -> Option<u64>,
     ) -> (u64, bool) {
         stats::record_fallback(false);
-        self.guarded(base, cpu::fold(cpu::raw_cpu(), len), f)
+        loop {
+            match self.guarded(base, cpu::fold(cpu::raw_cpu(), len), &mut f) {
+                Ok(done) => return done,
+                Err(_) => std::thread::yield_now(),
+            }
+        }
     }
 
     /// Owns word `index` through its guard, fences its CPU, updates it and
     /// releases it. Returns (old value, updated).
+    ///
+    /// Signals are blocked meanwhile, so a handler on this thread never
+    /// waits for a guard this thread holds; the guard is released even if
+    /// `f` panics; a thread that already holds this guard (an update made
+    /// from inside `f`) updates directly; a guard held by another process
+    /// (the parent, copied by `fork`) is taken over.
     fn guarded(
         &self,
         base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
         index: usize,
         mut f: impl FnMut(u64) -> Option<u64>,
-    ) -> (u64, bool) {
+    ) -> Result<(u64, bool), fence::FenceError> {
         // SAFETY: callers pass `index` below the slot count.
         let slot = unsafe { &(*base.as_ptr().add(index)).0 };
-        while slot
-            .guard
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::thread::yield_now();
+        let key = (self as *const Self as usize, index);
+        sys::with_signals_blocked(|| {
+            // Like a compare-exchange loop: if `f` itself updated this word
+            // (a nested call), its result is stale and `f` runs again.
+            let update = |f: &mut dyn FnMut(u64) -> Option<u64>| loop {
+                let old = slot.value.load(Ordering::Acquire);
+                let new = f(old);
+                if slot.value.load(Ordering::Acquire) != old {
+                    continue;
+                }
+                if let Some(new) = new {
+                    slot.value.store(new, Ordering::Release);
+                }
+                break (old, new.is_some());
+            };
+            if HELD.get() == key {
+                return Ok(update(&mut f));
+            }
+            let me = u64::from(sys::pid());
+            loop {
+                match slot
+                    .guard
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    // Held by a process that is not this one: a fork copied
+                    // a guard whose owner does not exist here.
+                    Err(owner) if owner != me => {
+                        if slot
+                            .guard
+                            .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+            let _release = Release(&slot.guard, HELD.replace(key));
+            // Sections that read the guard before we set it are aborted or
+            // committed when the fence returns; later ones see it and stay
+            // out. Without any section in the process there is nothing to
+            // fence.
+            if registration::sections_in_process() {
+                fence::fence_cpu(index)?;
+            }
+            Ok(update(&mut f))
+        })
+    }
+}
+
+thread_local! {
+    /// The guard this thread holds: (structure address, index), or (0, 0).
+    static HELD: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
+}
+
+/// Clears a guard (and the thread's note of holding it) when dropped, so a
+/// panic in the caller's closure cannot leave the word locked.
+struct Release<'a>(&'a AtomicU64, (usize, usize));
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        HELD.set(self.1);
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// Why [`PerCpuU64::fetch_update_on`] could not update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RemoteError {
+    /// The CPU is not below [`possible_cpus`](crate::possible_cpus).
+    NoSuchCpu,
+    /// No fence could be made; nothing was changed.
+    Fence(fence::FenceError),
+}
+
+impl core::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RemoteError::NoSuchCpu => f.write_str("no such CPU"),
+            RemoteError::Fence(e) => e.fmt(f),
         }
-        // Sections that read the guard before we set it are aborted or
-        // committed when this returns; later ones see it and stay out. If
-        // no fence can be made, no thread of ours can run on that CPU.
-        let _ = fence::fence_cpu(index);
-        let old = slot.value.load(Ordering::Acquire);
-        let new = f(old);
-        if let Some(new) = new {
-            slot.value.store(new, Ordering::Release);
-        }
-        slot.guard.store(0, Ordering::Release);
-        (old, new.is_some())
     }
 }
 
@@ -251,6 +344,43 @@ mod tests {
             }
         });
         assert_eq!(words.sum(), threads * per_thread);
+    }
+
+    #[test]
+    fn a_panicking_closure_releases_the_guard() {
+        let words = PerCpuU64::new();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = words.fetch_update_on(0, |_| panic!("closure panics"));
+        }));
+        assert!(r.is_err());
+        // The word is usable again, locally and remotely.
+        words.add(1);
+        let before = words.get(0).unwrap();
+        assert_eq!(words.fetch_update_on(0, |v| v + 1), Ok(before));
+        assert_eq!(words.sum(), 2);
+        assert_eq!(
+            words.fetch_update_on(usize::MAX, |v| v),
+            Err(RemoteError::NoSuchCpu)
+        );
+    }
+
+    #[test]
+    fn an_update_from_inside_the_closure_is_not_lost() {
+        let words = PerCpuU64::new();
+        let mut nested = false;
+        let old = words
+            .fetch_update_on(0, |v| {
+                if !nested {
+                    nested = true;
+                    // Same word, from inside: applied, then the outer
+                    // closure runs again on the new value.
+                    words.fetch_update_on(0, |w| w + 5).unwrap();
+                }
+                v + 1
+            })
+            .unwrap();
+        assert_eq!(old, 5);
+        assert_eq!(words.get(0), Some(6));
     }
 
     #[test]

@@ -294,6 +294,25 @@ pub(crate) fn area() -> Option<AreaRef> {
     }
 }
 
+/// True while `area` is still the calling thread's registered area: false
+/// after [`opt_out_current_thread`] or the thread-exit destructor released
+/// it (the pool may then hand it to another thread), so a handle kept from
+/// before must not be used.
+#[inline(always)]
+pub(crate) fn is_current(area: AreaRef) -> bool {
+    core::ptr::eq(AREA.get(), area.as_ptr())
+}
+
+/// Set once any thread of the process has registered or adopted an area:
+/// until then no critical section can be running anywhere, so the fallback
+/// paths need no fence.
+static ANY_SECTIONS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether any thread of this process may run critical sections.
+pub(crate) fn sections_in_process() -> bool {
+    ANY_SECTIONS.load(core::sync::atomic::Ordering::Acquire)
+}
+
 /// The feature size of the calling thread's registration (0 without rseq).
 #[inline]
 pub(crate) fn feature_size() -> u32 {
@@ -316,7 +335,10 @@ fn decide() -> Option<AreaRef> {
         AREA.set(marker(BUSY));
         let (area, state) = match choose() {
             Ok((area, owner, feature_size)) => (
-                area,
+                {
+                    ANY_SECTIONS.store(true, core::sync::atomic::Ordering::Release);
+                    area
+                },
                 ThreadState {
                     owner,
                     feature_size,

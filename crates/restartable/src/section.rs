@@ -176,6 +176,9 @@ impl Thread {
     /// below 28).
     #[inline]
     pub fn id(&self, index: Index) -> Option<Id> {
+        if !self.live() {
+            return None;
+        }
         let rseq = self.area.get();
         let value = match index {
             Index::Cpu => u32::try_from(rseq.cpu_id()).ok()?,
@@ -183,6 +186,16 @@ impl Thread {
             Index::MmCid => return None,
         };
         Some(Id { value, index })
+    }
+
+    /// False once the thread gave its area up ([`opt_out_current_thread`],
+    /// or thread exit): a handle kept from before then only aborts, and its
+    /// [`id`](Self::id) is `None`.
+    ///
+    /// [`opt_out_current_thread`]: crate::opt_out_current_thread
+    #[inline(always)]
+    pub fn live(&self) -> bool {
+        registration::is_current(self.area)
     }
 
     /// Runs `attempt` with a fresh id until it does not abort, at most
@@ -222,6 +235,9 @@ impl Thread {
         new: u64,
     ) -> Outcome {
         let mut seen = 0;
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract; `seen` is ours.
         let attempt = unsafe {
@@ -241,6 +257,9 @@ impl Thread {
     /// The [module contract](self).
     #[inline(always)]
     pub unsafe fn add(&self, id: Id, order: Order, v: *mut u64, count: u64) -> Outcome {
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract.
         let attempt = unsafe { dispatch!(add, id, order, (area, id.value, v, count)) };
@@ -266,6 +285,9 @@ impl Thread {
     ) -> Outcome<u64> {
         let mut head = 0;
         let mut seen = 0;
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract; `head` and `seen`
         // are ours.
@@ -294,6 +316,9 @@ impl Thread {
         offset: usize,
         count: u64,
     ) -> Outcome {
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract.
         let attempt =
@@ -325,6 +350,9 @@ impl Thread {
         new: u64,
     ) -> Outcome {
         let mut seen = 0;
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract; `seen` is ours.
         let attempt = unsafe {
@@ -356,6 +384,9 @@ impl Thread {
         new: u64,
     ) -> Outcome {
         let mut seen = 0;
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract; `seen` is ours.
         let attempt = unsafe {
@@ -391,6 +422,9 @@ impl Thread {
         new: u64,
     ) -> Outcome {
         let mut seen = 0;
+        if !self.live() {
+            return Outcome::Aborted;
+        }
         let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract; `seen` is ours.
         let attempt = unsafe {

@@ -89,21 +89,33 @@ mod imp {
     }
 
     /// Runs `f` with every signal blocked on the calling thread, so that no
-    /// handler can run in the middle of it.
+    /// handler can run in the middle of it. The mask is restored even if
+    /// `f` unwinds.
     pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<libc::sigset_t>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                if let Some(old) = &self.0 {
+                    // SAFETY: restoring the mask saved on this thread.
+                    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, core::ptr::null_mut()) };
+                }
+            }
+        }
         // SAFETY: sigset_t is plain data, filled by sigfillset; the old mask
-        // is saved and restored on this same thread.
-        unsafe {
+        // is saved here and restored by `Restore` on this same thread.
+        let _restore = unsafe {
             let mut all: libc::sigset_t = core::mem::zeroed();
             let mut old: libc::sigset_t = core::mem::zeroed();
             libc::sigfillset(&mut all);
-            let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
-            let result = f();
-            if blocked {
-                libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
-            }
-            result
-        }
+            Restore((libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0).then_some(old))
+        };
+        f()
+    }
+
+    /// The process id.
+    pub fn pid() -> u32 {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::getpid() as u32 }
     }
 
     /// The address of a data symbol exported by any loaded object (libc's
@@ -212,12 +224,6 @@ mod imp {
         }
     }
 
-    /// Whether `cpu` is in `set`.
-    pub fn in_set(set: &libc::cpu_set_t, cpu: usize) -> bool {
-        // SAFETY: CPU_ISSET reads within the set for cpu < CPU_SETSIZE.
-        cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, set) }
-    }
-
     /// The number of CPUs a `cpu_set_t` can name.
     pub const CPU_SETSIZE: usize = libc::CPU_SETSIZE as usize;
 
@@ -269,6 +275,9 @@ mod imp {
     pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
         f()
     }
+    pub fn pid() -> u32 {
+        std::process::id()
+    }
     pub fn data_symbol(_name: &CStr) -> Option<*const c_void> {
         None
     }
@@ -298,9 +307,6 @@ mod imp {
     }
     pub fn single_cpu(_cpu: usize) -> Option<CpuSet> {
         None
-    }
-    pub fn in_set(_set: &CpuSet, _cpu: usize) -> bool {
-        false
     }
     pub const CPU_SETSIZE: usize = 0;
 }

@@ -341,3 +341,32 @@ mod elf {
         println!("[descriptors] {count} sections, {exits} exit points checked");
     }
 }
+
+#[test]
+fn a_handle_kept_after_opting_out_never_commits() {
+    std::thread::spawn(|| {
+        let Some(t) = thread() else { return };
+        let mut v = 1u64;
+        restartable::opt_out_current_thread();
+        assert!(!t.live());
+        assert_eq!(t.id(Index::Cpu), None);
+        assert!(t.retry(Index::Cpu, |_| Outcome::Committed(())).is_err());
+        assert!(Thread::current().is_none());
+        assert!(matches!(
+            restartable::registration().fallback,
+            Some(restartable::FallbackReason::OptedOut)
+        ));
+        // A second thread may now be handed the released area; this one's
+        // stale handle must not act on it.
+        std::thread::spawn(|| {
+            let _ = Thread::current();
+        })
+        .join()
+        .unwrap();
+        let id = Thread::current().and_then(|t2| t2.id(Index::Cpu));
+        assert_eq!(id, None);
+        let _ = &mut v;
+    })
+    .join()
+    .unwrap();
+}

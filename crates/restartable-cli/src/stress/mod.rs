@@ -69,6 +69,8 @@ pub struct Options {
     pub index: IndexArg,
     pub order: OrderArg,
     pub skip_registration: u32,
+    pub timeout: u64,
+    pub pin_workers: bool,
     pub json: bool,
 }
 
@@ -94,6 +96,8 @@ struct Report {
     fallback_reason: Option<String>,
     inject: Vec<(usize, u64)>,
     compare_twice: bool,
+    /// How the fallback paths fence other CPUs: "membarrier" or "migration".
+    fence: &'static str,
     /// Aborted critical sections (null when built without `abort-stats`).
     aborts: Option<u64>,
     /// Operations completed on the fallback path (null without `abort-stats`).
@@ -114,6 +118,7 @@ static FALLBACK_THREADS: AtomicU64 = AtomicU64::new(0);
 
 fn on_signal() {
     COUNTER.inc();
+    WORDS.add(1);
 }
 
 struct Paths {
@@ -185,6 +190,9 @@ fn run_workers(
                         if skip {
                             restartable::opt_out_current_thread();
                         }
+                        if opts.pin_workers {
+                            signals::pin_to((n as usize) % restartable::online_cpus())?;
+                        }
                         let _timer = match opts.signal_us {
                             0 => None,
                             us => Some(signals::ThreadTimer::start(us)?),
@@ -218,6 +226,12 @@ fn run_workers(
     }
 }
 
+/// Whether `mode` drives raw critical sections (and so honours `--index`,
+/// `--order` and has no fallback).
+fn raw_sections(mode: Mode) -> bool {
+    !matches!(mode, Mode::Counter | Mode::Churn | Mode::FetchUpdate)
+}
+
 fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
     let items = (16 * restartable::possible_cpus()).max(threads as usize * 2);
     Some(match mode {
@@ -231,9 +245,28 @@ fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
     })
 }
 
+/// Ends the process with a message if the run has not finished after
+/// `secs` seconds: with injected delays longer than the signal interval a
+/// section (or the signal handler's own) can abort forever.
+fn watchdog(secs: u64) {
+    if secs == 0 {
+        return;
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        eprintln!(
+            "restartable: stress run not finished after {secs} s: critical sections keep aborting \
+(are signals more frequent than a section with its injected delays takes?); giving up"
+        );
+        std::process::exit(3);
+    });
+}
+
 pub fn run(opts: Options) -> Result<(), String> {
+    watchdog(opts.timeout);
     // First use outside any signal handler: allocates the slots.
     COUNTER.add(0);
+    WORDS.add(0);
     for &(point, loops) in &opts.inject {
         if !restartable::inject::set_delay(point, loops) {
             return Err(if restartable::inject::ENABLED {
@@ -279,8 +312,9 @@ pub fn run(opts: Options) -> Result<(), String> {
                 let old = WORDS.fetch_update(|v| v + 1);
                 if old % 8 == 3 {
                     let remote = (restartable::current_cpu() + 1) % cpus;
-                    WORDS.fetch_update_on(remote, |v| v + 1);
-                    WORDS.fetch_update(|v| v.wrapping_sub(1));
+                    if WORDS.fetch_update_on(remote, |v| v + 1).is_ok() {
+                        WORDS.fetch_update(|v| v.wrapping_sub(1));
+                    }
                 } else if old % 2 == 1 {
                     loop {
                         let cpu = restartable::current_cpu();
@@ -293,7 +327,8 @@ pub fn run(opts: Options) -> Result<(), String> {
                     WORDS.fetch_update(|v| v - 1);
                 }
             })?;
-            let ops = threads * opts.ops;
+            // The signal handler adds one to WORDS too.
+            let ops = threads * opts.ops + signals::DELIVERED.load(Ordering::Relaxed);
             let sum = WORDS.sum();
             let check = if sum == ops {
                 Ok(format!("sum {sum}, expected {ops}"))
@@ -370,8 +405,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     let exhausted = percpu::EXHAUSTED.load(Ordering::Relaxed);
     let report = Report {
         mode: Some(opts.mode),
-        index: Some(opts.index),
-        order: Some(opts.order),
+        // Only the raw-section modes choose the index and the commit order.
+        index: raw_sections(opts.mode).then_some(opts.index),
+        order: raw_sections(opts.mode).then_some(opts.order),
         threads,
         ops: ops_done,
         expected,
@@ -390,6 +426,10 @@ pub fn run(opts: Options) -> Result<(), String> {
         fallback_reason: paths.reason.into_inner().unwrap_or_default(),
         inject: opts.inject.clone(),
         compare_twice: restartable::inject::COMPARE_TWICE,
+        fence: match restartable::fence::method() {
+            restartable::fence::Method::Membarrier => "membarrier",
+            restartable::fence::Method::Migration => "migration",
+        },
         aborts: stats.map(|s| s.aborts),
         fallback_ops: stats.map(|s| s.fallback_ops),
         retries_exhausted: stats.map(|s| s.retries_exhausted),
@@ -405,11 +445,14 @@ pub fn run(opts: Options) -> Result<(), String> {
             Mode::Churn => format!("{} short-lived threads counting once", report.threads),
             _ => format!("{} threads x {} ops", report.threads, opts.ops),
         };
+        let flavour = if raw_sections(opts.mode) {
+            format!(" ({:?}, {:?})", opts.index, opts.order)
+        } else {
+            String::new()
+        };
         println!(
-            "stress {:?} ({:?}, {:?}): {work}, path {} (owners: {}), {} signals handled: {}",
+            "stress {:?}{flavour}: {work}, path {} (owners: {}), {} signals handled: {}",
             opts.mode,
-            opts.index,
-            opts.order,
             report.path,
             report.owners.join(", "),
             report.signals_handled,

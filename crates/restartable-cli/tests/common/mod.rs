@@ -28,8 +28,18 @@ pub fn restartable(args: &[&str]) -> Command {
 /// Installs, in the child before exec, a seccomp filter that answers the
 /// rseq system call with `action` (every other call is allowed).
 pub fn with_rseq_filter(cmd: &mut Command, action: seccompiler::SeccompAction) {
+    with_syscall_filter(cmd, libc::SYS_rseq, action);
+}
+
+/// Installs, in the child before exec, a seccomp filter that answers system
+/// call `nr` with `action` (every other call is allowed).
+pub fn with_syscall_filter(
+    cmd: &mut Command,
+    nr: libc::c_long,
+    action: seccompiler::SeccompAction,
+) {
     let filter = seccompiler::SeccompFilter::new(
-        [(libc::SYS_rseq, vec![])].into_iter().collect(),
+        [(nr, vec![])].into_iter().collect(),
         seccompiler::SeccompAction::Allow,
         action,
         std::env::consts::ARCH
