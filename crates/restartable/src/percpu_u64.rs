@@ -22,6 +22,11 @@ struct Guarded {
 /// [`compare_store`](Self::compare_store), [`add`](Self::add)) and read by
 /// anyone ([`get`](Self::get), [`sum`](Self::sum)).
 ///
+/// Where a seccomp profile refuses both membarrier and `sched_setaffinity`
+/// while some threads use rseq and others not, no fence exists: the
+/// fallback path then waits (yielding) for one, and the remote update
+/// returns [`RemoteError::Fence`].
+///
 /// Unlike [`Counter`](crate::Counter), whose adds commute, these updates
 /// depend on the value they read, so a thread that cannot run the section
 /// (no rseq, or an operation aborted 16 times in a row) must stop the
@@ -90,6 +95,13 @@ impl PerCpuU64 {
     /// sets `cpu`'s guard, fences `cpu` (a membarrier system call, or a
     /// migration), updates, and releases, so it costs microseconds. Use it
     /// for remote work: draining, rebalancing, resetting.
+    ///
+    /// While `f` runs the thread holds `cpu`'s guard with all signals
+    /// blocked (so a handler cannot wait on it), much as under a lock: keep
+    /// `f` short. From inside `f`, updating the same word is allowed (`f`
+    /// then runs again on the new value); updating *other* words of a
+    /// `PerCpuU64` is like taking a second lock and can deadlock against a
+    /// thread doing the reverse.
     ///
     /// # Errors
     /// [`RemoteError::NoSuchCpu`] when `cpu` is not below
@@ -170,7 +182,10 @@ impl PerCpuU64 {
                 }
             }
         }
-        let (old, updated) = self.fallback(base, len, f);
+        // With a thread handle every attempt failed (aborts, or the guard
+        // held throughout); without one the thread has no rseq.
+        let exhausted = Thread::current().is_some();
+        let (old, updated) = self.fallback(base, len, exhausted, f);
         updated.then_some(old)
     }
 
@@ -182,9 +197,10 @@ impl PerCpuU64 {
         &self,
         base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
         len: usize,
+        exhausted: bool,
         mut f: impl FnMut(u64) -> Option<u64>,
     ) -> (u64, bool) {
-        stats::record_fallback(false);
+        stats::record_fallback(exhausted);
         loop {
             match self.guarded(base, cpu::fold(cpu::raw_cpu(), len), &mut f) {
                 Ok(done) => return done,
@@ -199,8 +215,8 @@ impl PerCpuU64 {
     /// Signals are blocked meanwhile, so a handler on this thread never
     /// waits for a guard this thread holds; the guard is released even if
     /// `f` panics; a thread that already holds this guard (an update made
-    /// from inside `f`) updates directly; a guard held by another process
-    /// (the parent, copied by `fork`) is taken over.
+    /// from inside `f`) updates directly; a guard taken before a `fork`
+    /// (copied into the child, whose other threads are gone) is taken over.
     fn guarded(
         &self,
         base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
@@ -227,16 +243,16 @@ impl PerCpuU64 {
             if HELD.get() == key {
                 return Ok(update(&mut f));
             }
-            let me = u64::from(sys::pid());
+            let me = owner_token();
             loop {
                 match slot
                     .guard
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 {
                     Ok(_) => break,
-                    // Held by a process that is not this one: a fork copied
-                    // a guard whose owner does not exist here.
-                    Err(owner) if owner != me => {
+                    // Taken before the last fork (an older generation): its
+                    // owner is not running in this process.
+                    Err(owner) if owner >> 32 != me >> 32 => {
                         if slot
                             .guard
                             .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
@@ -264,6 +280,31 @@ impl PerCpuU64 {
 thread_local! {
     /// The guard this thread holds: (structure address, index), or (0, 0).
     static HELD: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
+    /// This thread's number, for guard tokens (0: not assigned yet).
+    static THREAD_NUMBER: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// Bumped in every child after `fork`: guards taken in an earlier
+/// generation were taken by threads that do not exist in this process.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+static NEXT_THREAD: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+static AT_FORK: std::sync::Once = std::sync::Once::new();
+
+unsafe extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The value a thread stores in a guard it takes: the fork generation in
+/// the high 32 bits, the thread's number in the low 32 (never 0). Unlike a
+/// process id it cannot repeat across a fork, PID namespaces included.
+fn owner_token() -> u64 {
+    AT_FORK.call_once(|| sys::at_fork_child(after_fork_in_child));
+    let mut number = THREAD_NUMBER.get();
+    if number == 0 {
+        number = NEXT_THREAD.fetch_add(1, Ordering::Relaxed).max(1);
+        THREAD_NUMBER.set(number);
+    }
+    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(number)
 }
 
 /// Clears a guard (and the thread's note of holding it) when dropped, so a

@@ -180,17 +180,20 @@ struct OwnedArea {
 /// would go on writing into reused memory.
 static POOL: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-/// The calling thread's own area, unregistered and returned to [`POOL`]
-/// when the thread exits.
+/// The calling thread's own area (`len` 0 once unregistered), returned to
+/// [`POOL`] when the thread exits.
 struct OwnedSlot {
     area: Cell<*const OwnedArea>,
     len: Cell<u32>,
 }
 
 impl OwnedSlot {
-    /// Unregisters the thread's own area, if it has one, and returns it to
-    /// the pool; from then on the thread takes the fallback path, for
-    /// `reason`.
+    /// Unregisters the thread's own area, if it has one; from then on the
+    /// thread takes the fallback path, for `reason`. The area goes back to
+    /// the pool only when the thread exits (`recycle`), so a handle or a
+    /// section of this thread that is still in flight (a signal handler
+    /// opting out between a liveness check and its section) can only ever
+    /// touch memory no other thread has registered.
     fn release(&self, reason: FallbackReason) {
         AREA.set(marker(UNAVAILABLE));
         STATE.set(ThreadState {
@@ -198,20 +201,22 @@ impl OwnedSlot {
             feature_size: 0,
             reason: Some(reason),
         });
-        let area = self.area.replace(core::ptr::null());
-        if area.is_null() {
+        let area = self.area.get();
+        if area.is_null() || self.len.get() == 0 {
             return;
         }
-        if sys::rseq_unregister(
+        let unregistered = sys::rseq_unregister(
             area as *mut core::ffi::c_void,
             self.len.get(),
             abi::SIGNATURE,
         )
-        .is_ok()
-        {
-            give_back(area);
+        .is_ok();
+        if unregistered {
+            self.len.set(0);
+        } else {
+            // Still registered: never reuse it.
+            self.area.set(core::ptr::null());
         }
-        // If unregistering failed the area stays leaked, never reused.
     }
 }
 
@@ -220,6 +225,10 @@ impl Drop for OwnedSlot {
         // Operations in destructors that run after this one take the
         // fallback path.
         self.release(FallbackReason::ThreadExiting);
+        let area = self.area.replace(core::ptr::null());
+        if !area.is_null() {
+            give_back(area);
+        }
     }
 }
 
@@ -310,7 +319,8 @@ static ANY_SECTIONS: core::sync::atomic::AtomicBool = core::sync::atomic::Atomic
 
 /// Whether any thread of this process may run critical sections.
 pub(crate) fn sections_in_process() -> bool {
-    ANY_SECTIONS.load(core::sync::atomic::Ordering::Acquire)
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    ANY_SECTIONS.load(core::sync::atomic::Ordering::SeqCst)
 }
 
 /// The feature size of the calling thread's registration (0 without rseq).
@@ -336,7 +346,9 @@ fn decide() -> Option<AreaRef> {
         let (area, state) = match choose() {
             Ok((area, owner, feature_size)) => (
                 {
-                    ANY_SECTIONS.store(true, core::sync::atomic::Ordering::Release);
+                    // SeqCst: pairs with the fence fallback paths make
+                    // between taking a guard and reading this flag.
+                    ANY_SECTIONS.store(true, core::sync::atomic::Ordering::SeqCst);
                     area
                 },
                 ThreadState {

@@ -112,10 +112,10 @@ mod imp {
         f()
     }
 
-    /// The process id.
-    pub fn pid() -> u32 {
-        // SAFETY: getpid has no preconditions.
-        unsafe { libc::getpid() as u32 }
+    /// Runs `child` in the child process after every `fork`.
+    pub fn at_fork_child(child: unsafe extern "C" fn()) {
+        // SAFETY: registering a handler with no other preconditions.
+        unsafe { libc::pthread_atfork(None, None, Some(child)) };
     }
 
     /// The address of a data symbol exported by any loaded object (libc's
@@ -275,9 +275,7 @@ mod imp {
     pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
         f()
     }
-    pub fn pid() -> u32 {
-        std::process::id()
-    }
+    pub fn at_fork_child(_child: unsafe extern "C" fn()) {}
     pub fn data_symbol(_name: &CStr) -> Option<*const c_void> {
         None
     }
