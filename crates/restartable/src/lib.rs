@@ -42,6 +42,7 @@ pub mod abi;
 mod arch;
 mod counter;
 mod cpu;
+mod fallback;
 pub mod fence;
 pub mod inject;
 mod ops;

@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{self, Attempt};
 use crate::registration::{self, AreaRef};
 use crate::slots::{Padded, SLOT_SHIFT};
-use crate::{cpu, stats};
+use crate::{fallback, stats};
 
 /// Consecutive aborts after which an operation completes on the fallback
 /// path instead, so a section that can never finish (a debugger
@@ -49,13 +49,13 @@ pub(crate) fn add(slots: (NonNull<Padded<SplitWord>>, usize), count: u64) {
                 Attempt::Committed => {}
                 Attempt::Aborted => add_retry(area, base, len, count),
                 Attempt::OutOfRange | Attempt::CompareFailed(_) => {
-                    add_fallback(base, len, count, false)
+                    fallback::add(base, len, count, false)
                 }
             }
             return;
         }
     }
-    add_fallback(base, len, count, false)
+    fallback::add(base, len, count, false)
 }
 
 /// # Safety
@@ -96,19 +96,9 @@ fn add_retry(area: AreaRef, base: NonNull<Padded<SplitWord>>, len: usize, count:
             Attempt::Committed => return,
             Attempt::Aborted => stats::record_abort(),
             Attempt::OutOfRange | Attempt::CompareFailed(_) => {
-                return add_fallback(base, len, count, false)
+                return fallback::add(base, len, count, false)
             }
         }
     }
-    add_fallback(base, len, count, true)
-}
-
-#[cold]
-#[inline(never)]
-fn add_fallback(base: NonNull<Padded<SplitWord>>, len: usize, count: u64, exhausted: bool) {
-    stats::record_fallback(exhausted);
-    let index = cpu::fold(cpu::raw_cpu(), len);
-    // SAFETY: `index < len` and `base` points to `len` live slots.
-    let slot = unsafe { &*base.as_ptr().add(index) };
-    slot.0.fallback.fetch_add(count, Ordering::Relaxed);
+    fallback::add(base, len, count, true)
 }

@@ -1,0 +1,25 @@
+//! The fallback path of [`Counter`](crate::Counter): plain atomics, for
+//! threads without rseq (refused, disabled, other architectures, Miri) and
+//! for operations whose section aborted too many times in a row.
+//!
+//! It adds to the slot's `fallback` word, never to the `section` word that
+//! critical sections write with non-atomic adds, so the two paths can run
+//! at the same time on the same slot without losing updates.
+
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+
+use crate::ops::SplitWord;
+use crate::slots::Padded;
+use crate::{cpu, stats};
+
+/// Adds `count` to the fallback word of the current CPU's slot.
+#[cold]
+#[inline(never)]
+pub(crate) fn add(base: NonNull<Padded<SplitWord>>, len: usize, count: u64, exhausted: bool) {
+    stats::record_fallback(exhausted);
+    let index = cpu::fold(cpu::raw_cpu(), len);
+    // SAFETY: `index < len` and `base` points to `len` live slots.
+    let slot = unsafe { &*base.as_ptr().add(index) };
+    slot.0.fallback.fetch_add(count, Ordering::Relaxed);
+}
