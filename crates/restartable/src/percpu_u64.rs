@@ -100,8 +100,9 @@ impl PerCpuU64 {
     /// blocked (so a handler cannot wait on it), much as under a lock: keep
     /// `f` short. From inside `f`, updating the same word is allowed (`f`
     /// then runs again on the new value); updating *other* words of a
-    /// `PerCpuU64` is like taking a second lock and can deadlock against a
-    /// thread doing the reverse.
+    /// `PerCpuU64` (including a current-CPU update from a thread that has
+    /// since migrated) is like taking a second lock and can deadlock against
+    /// a thread doing the reverse.
     ///
     /// # Errors
     /// [`RemoteError::NoSuchCpu`] when `cpu` is not below
@@ -250,123 +251,11 @@ impl PerCpuU64 {
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 {
                     Ok(_) => break,
-                    // Taken before the last fork (an older generation): its
-                    // owner is not running in this process.
-                    Err(owner) if owner >> 32 != me >> 32 => {
-                        if slot
-                            .guard
-                            .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                    Err(_) => std::thread::yield_now(),
-                }
-            }
-            let _release = Release(&slot.guard, HELD.replace(key));
-            // Sections that read the guard before we set it are aborted or
-            // committed when the fence returns; later ones see it and stay
-            // out. Without any section in the process there is nothing to
-            // fence.
-            if registration::sections_in_process() {
-                fence::fence_cpu(index)?;
-            }
-            Ok(update(&mut f))
-        })
-    }
-}
-
-thread_local! {
-    /// The guard this thread holds: (structure address, index), or (0, 0).
-    static HELD: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
-    /// This thread's number, for guard tokens (0: not assigned yet).
-    static THREAD_NUMBER: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
-}
-
-/// Bumped in every child after `fork`: guards taken in an earlier
-/// generation were taken by threads that do not exist in this process.
-static GENERATION: AtomicU64 = AtomicU64::new(1);
-static NEXT_THREAD: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
-static AT_FORK: std::sync::Once = std::sync::Once::new();
-
-unsafe extern "C" fn after_fork_in_child() {
-    GENERATION.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The value a thread stores in a guard it takes: the fork generation in
-/// the high 32 bits, the thread's number in the low 32 (never 0). Unlike a
-/// process id it cannot repeat across a fork, PID namespaces included.
-fn owner_token() -> u64 {
-    AT_FORK.call_once(|| sys::at_fork_child(after_fork_in_child));
-    let mut number = THREAD_NUMBER.get();
-    if number == 0 {
-        number = NEXT_THREAD.fetch_add(1, Ordering::Relaxed).max(1);
-        THREAD_NUMBER.set(number);
-    }
-    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(number)
-}
-
-/// Clears a guard (and the thread's note of holding it) when dropped, so a
-/// panic in the caller's closure cannot leave the word locked.
-struct Release<'a>(&'a AtomicU64, (usize, usize));
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        HELD.set(self.1);
-        self.0.store(0, Ordering::Release);
-    }
-}
-
-/// Why [`PerCpuU64::fetch_update_on`] could not update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RemoteError {
-    /// The CPU is not below [`possible_cpus`](crate::possible_cpus).
-    NoSuchCpu,
-    /// No fence could be made; nothing was changed.
-    Fence(fence::FenceError),
-}
-
-impl core::fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            RemoteError::NoSuchCpu => f.write_str("no such CPU"),
-            RemoteError::Fence(e) => e.fmt(f),
-        }
-    }
-}
-
-impl Default for PerCpuU64 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl core::fmt::Debug for PerCpuU64 {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PerCpuU64")
-            .field("per_cpu", &self.per_cpu())
-            .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn updates_are_exact_across_threads() {
-        let threads = if cfg!(miri) { 3 } else { 8 };
-        let per_thread = if cfg!(miri) { 30 } else { 20_000 };
-        let words = PerCpuU64::new();
-        std::thread::scope(|s| {
-            for i in 0..threads {
-                let words = &words;
-                s.spawn(move || {
-                    for j in 0..per_thread {
-                        match j % 3 {
-                            0 => words.add(1),
-                            1 => {
+                    // Every thread of this process stores the same token; a
+                    // different one was copied from another process by
+                    // `fork` (another generation, or, for a fork that ran no
+                    // atfork handlers, another pid): its owner is not here.
+                    Err(owner) if owner != me => {
                                 words.fetch_update(|v| v + 1);
                             }
                             _ => loop {

@@ -349,6 +349,9 @@ fn decide() -> Option<AreaRef> {
                     // SeqCst: pairs with the fence fallback paths make
                     // between taking a guard and reading this flag.
                     ANY_SECTIONS.store(true, core::sync::atomic::Ordering::SeqCst);
+                    // A full fence, so this thread's later section loads (of
+                    // guard words) cannot pass the store on aarch64 either.
+                    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
                     area
                 },
                 ThreadState {
@@ -454,9 +457,11 @@ fn register_owned(
                 });
                 Ok((ptr.cast::<Rseq>(), OWNER_LIBRARY, feature))
             } else {
-                // Registered but not reporting a CPU: do not trust it.
-                let _ = sys::rseq_unregister(raw, len, abi::SIGNATURE);
-                give_back(ptr);
+                // Registered but not reporting a CPU: do not trust it. Only
+                // an area the kernel let go of may be reused.
+                if sys::rseq_unregister(raw, len, abi::SIGNATURE).is_ok() {
+                    give_back(ptr);
+                }
                 Err(FallbackReason::Refused(libc::EINVAL))
             }
         }

@@ -112,6 +112,12 @@ mod imp {
         f()
     }
 
+    /// The process id.
+    pub fn pid() -> u32 {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::getpid() as u32 }
+    }
+
     /// Runs `child` in the child process after every `fork`.
     pub fn at_fork_child(child: unsafe extern "C" fn()) {
         // SAFETY: registering a handler with no other preconditions.
@@ -276,6 +282,9 @@ mod imp {
         f()
     }
     pub fn at_fork_child(_child: unsafe extern "C" fn()) {}
+    pub fn pid() -> u32 {
+        std::process::id()
+    }
     pub fn data_symbol(_name: &CStr) -> Option<*const c_void> {
         None
     }
