@@ -256,6 +256,114 @@ impl PerCpuU64 {
                     // `fork` (another generation, or, for a fork that ran no
                     // atfork handlers, another pid): its owner is not here.
                     Err(owner) if owner != me => {
+                        if slot
+                            .guard
+                            .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+            let _release = Release(&slot.guard, HELD.replace(key));
+            // Sections that read the guard before we set it are aborted or
+            // committed when the fence returns; later ones see it and stay
+            // out. Without any section in the process there is nothing to
+            // fence.
+            if registration::sections_in_process() {
+                fence::fence_cpu(index)?;
+            }
+            Ok(update(&mut f))
+        })
+    }
+}
+
+thread_local! {
+    /// The guard this thread holds: (structure address, index), or (0, 0).
+    static HELD: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
+}
+
+/// Bumped in every child after `fork`: guards taken in an earlier
+/// generation were taken by threads that do not exist in this process.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+static AT_FORK: std::sync::Once = std::sync::Once::new();
+
+unsafe extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The value every thread of this process stores in a guard it takes: the
+/// fork generation in the high 32 bits and the process id in the low 32. A
+/// guard holding anything else was copied from another process by `fork`
+/// (the generation catches PID namespaces, where a child can have its
+/// parent's pid; the pid catches forks that skip atfork handlers).
+fn owner_token() -> u64 {
+    AT_FORK.call_once(|| sys::at_fork_child(after_fork_in_child));
+    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(sys::pid())
+}
+
+/// Clears a guard (and the thread's note of holding it) when dropped, so a
+/// panic in the caller's closure cannot leave the word locked.
+struct Release<'a>(&'a AtomicU64, (usize, usize));
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        HELD.set(self.1);
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// Why [`PerCpuU64::fetch_update_on`] could not update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RemoteError {
+    /// The CPU is not below [`possible_cpus`](crate::possible_cpus).
+    NoSuchCpu,
+    /// No fence could be made; nothing was changed.
+    Fence(fence::FenceError),
+}
+
+impl core::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RemoteError::NoSuchCpu => f.write_str("no such CPU"),
+            RemoteError::Fence(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Default for PerCpuU64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for PerCpuU64 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PerCpuU64")
+            .field("per_cpu", &self.per_cpu())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_are_exact_across_threads() {
+        let threads = if cfg!(miri) { 3 } else { 8 };
+        let per_thread = if cfg!(miri) { 30 } else { 20_000 };
+        let words = PerCpuU64::new();
+        std::thread::scope(|s| {
+            for i in 0..threads {
+                let words = &words;
+                s.spawn(move || {
+                    for j in 0..per_thread {
+                        match j % 3 {
+                            0 => words.add(1),
+                            1 => {
                                 words.fetch_update(|v| v + 1);
                             }
                             _ => loop {
