@@ -9,7 +9,7 @@ use crossbeam_utils::CachePadded;
 use restartable::Counter;
 use serde::Serialize;
 
-use crate::measure::{self, print_table, Budget, Plan, TableRow, Workload};
+use crate::measure::{self, print_table, Budget, Plan, RunArgs, TableRow, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,14 +45,6 @@ impl Variant {
             Variant::ThreadLocal => "thread_local",
         }
     }
-}
-
-pub struct Options {
-    pub threads: Vec<u32>,
-    pub duration: f64,
-    pub ops: Option<u64>,
-    pub variants: Vec<Variant>,
-    pub json: bool,
 }
 
 #[derive(Serialize)]
@@ -154,34 +146,28 @@ fn measure(variant: Variant, threads: u32, budget: Budget) -> (measure::Measured
     }
 }
 
-pub fn run(opts: Options) -> Result<(), String> {
-    let plan = Plan::new(opts.threads, opts.duration, opts.ops);
-    let variants = if opts.variants.is_empty() {
+pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
+    let plan = Plan::new(args);
+    let variants = if variants.is_empty() {
         Variant::ALL.to_vec()
     } else {
-        opts.variants
+        variants
     };
-    let mut rows: Vec<Row> = plan
-        .run(&variants, Variant::name, measure)
+    let measured = plan.run(&variants, Variant::name, measure);
+    let ratios = measure::ratios(&measured, |_| Variant::Counter);
+    let rows: Vec<Row> = measured
         .into_iter()
-        .map(|(v, t, m, exact)| Row {
+        .zip(ratios)
+        .map(|((v, t, m, exact), ratio)| Row {
             variant: v,
             threads: t,
             ns_per_op: m.ns_per_op,
             mops: m.mops,
             exact,
-            vs_counter: None,
+            vs_counter: ratio,
         })
         .collect();
-    for i in 0..rows.len() {
-        let base = rows
-            .iter()
-            .find(|r| r.threads == rows[i].threads && r.variant == Variant::Counter)
-            .map(|r| r.ns_per_op);
-        rows[i].vs_counter = base.filter(|b| *b > 0.0).map(|b| rows[i].ns_per_op / b);
-    }
-
-    if opts.json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?

@@ -10,7 +10,7 @@ use crossbeam_utils::CachePadded;
 use restartable::section::{Index, Order, Outcome, Thread};
 use serde::Serialize;
 
-use crate::measure::{self, print_table, Budget, Plan, TableRow, Workload};
+use crate::measure::{self, print_table, Budget, Plan, RunArgs, TableRow, Workload};
 use crate::stress::percpu::{self, Record, Structure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -74,14 +74,6 @@ impl Variant {
             Variant::SectionMemcpy | Variant::MutexCopy => Variant::SectionMemcpy,
         }
     }
-}
-
-pub struct Options {
-    pub threads: Vec<u32>,
-    pub duration: f64,
-    pub ops: Option<u64>,
-    pub variants: Vec<Variant>,
-    pub json: bool,
 }
 
 #[derive(Serialize)]
@@ -309,7 +301,7 @@ fn measure(variant: Variant, threads: u32, budget: Budget) -> (measure::Measured
     }
 }
 
-pub fn run(opts: Options) -> Result<(), String> {
+pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
     if Thread::current().is_none() {
         return Err(format!(
             "bench ops measures critical sections and needs rseq, which this thread cannot use: {}",
@@ -318,33 +310,28 @@ pub fn run(opts: Options) -> Result<(), String> {
                 .map_or("no sections on this target".to_owned(), |r| r.to_string())
         ));
     }
-    let plan = Plan::new(opts.threads, opts.duration, opts.ops);
-    let variants = if opts.variants.is_empty() {
+    let plan = Plan::new(args);
+    let variants = if variants.is_empty() {
         Variant::ALL.to_vec()
     } else {
-        opts.variants
+        variants
     };
-    let mut rows: Vec<Row> = plan
-        .run(&variants, Variant::name, measure)
+    let measured = plan.run(&variants, Variant::name, measure);
+    let ratios = measure::ratios(&measured, Variant::section);
+    let rows: Vec<Row> = measured
         .into_iter()
-        .map(|(v, t, m, exact)| Row {
+        .zip(ratios)
+        .map(|((v, t, m, exact), ratio)| Row {
             variant: v,
             threads: t,
             ns_per_op: m.ns_per_op,
             mops: m.mops,
             exact,
             section: v.section(),
-            vs_section: None,
+            vs_section: ratio,
         })
         .collect();
-    for i in 0..rows.len() {
-        let base = rows
-            .iter()
-            .find(|r| r.threads == rows[i].threads && r.variant == rows[i].section)
-            .map(|r| r.ns_per_op);
-        rows[i].vs_section = base.filter(|b| *b > 0.0).map(|b| rows[i].ns_per_op / b);
-    }
-    if opts.json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?

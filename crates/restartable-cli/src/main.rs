@@ -51,40 +51,20 @@ enum BenchWhat {
 
 #[derive(Args)]
 struct BenchOpsArgs {
-    /// Thread counts to run, comma-separated [default: 1,N,4N with N = online CPUs].
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
-    threads: Vec<u32>,
-    /// Seconds per run (conflicts with --ops).
-    #[arg(long, default_value_t = 0.5, value_parser = parse_duration, conflicts_with = "ops")]
-    duration: f64,
-    /// Operations per thread per run, instead of a fixed duration.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    ops: Option<u64>,
+    #[command(flatten)]
+    run: measure::RunArgs,
     /// Variants to run, comma-separated [default: all].
     #[arg(long, value_delimiter = ',')]
     variants: Vec<bench_ops::Variant>,
-    /// Print the rows as a JSON array instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Thread counts to run, comma-separated [default: 1,N,4N with N = online CPUs].
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
-    threads: Vec<u32>,
-    /// Seconds per run (conflicts with --ops).
-    #[arg(long, default_value_t = 1.0, value_parser = parse_duration, conflicts_with = "ops")]
-    duration: f64,
-    /// Operations per thread per run, instead of a fixed duration.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    ops: Option<u64>,
+    #[command(flatten)]
+    run: measure::RunArgs,
     /// Variants to run, comma-separated [default: all].
     #[arg(long, value_delimiter = ',')]
     variants: Vec<bench_counter::Variant>,
-    /// Print the rows as a JSON array instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -188,22 +168,10 @@ fn main() -> ExitCode {
         Command::Info { json } => info::run(json),
         Command::Bench {
             what: BenchWhat::Counter(args),
-        } => bench_counter::run(bench_counter::Options {
-            threads: args.threads,
-            duration: args.duration,
-            ops: args.ops,
-            variants: args.variants,
-            json: args.json,
-        }),
+        } => bench_counter::run(&args.run, args.variants),
         Command::Bench {
             what: BenchWhat::Ops(args),
-        } => bench_ops::run(bench_ops::Options {
-            threads: args.threads,
-            duration: args.duration,
-            ops: args.ops,
-            variants: args.variants,
-            json: args.json,
-        }),
+        } => bench_ops::run(&args.run, args.variants),
         Command::Stress(args) => stress::run(stress::Options {
             mode: args.mode,
             threads: args.threads,

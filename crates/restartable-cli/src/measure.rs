@@ -100,6 +100,40 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Measured {
     }
 }
 
+/// The options every benchmark of the command shares.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Thread counts to run, comma-separated [default: 1,N,4N with N = online CPUs].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Vec<u32>,
+    /// Seconds per run (conflicts with --ops).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::parse_duration, conflicts_with = "ops")]
+    pub duration: f64,
+    /// Operations per thread per run, instead of a fixed duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: Option<u64>,
+    /// Print the rows as a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// For each row, its ns/op over that of `baseline(variant)` at the same
+/// thread count (`None` when that row was not run).
+pub fn ratios<V: Copy + PartialEq>(
+    rows: &[(V, u32, Measured, bool)],
+    baseline: impl Fn(V) -> V,
+) -> Vec<Option<f64>> {
+    rows.iter()
+        .map(|&(v, t, m, _)| {
+            rows.iter()
+                .find(|r| r.1 == t && r.0 == baseline(v))
+                .map(|r| r.2.ns_per_op)
+                .filter(|b| *b > 0.0)
+                .map(|b| m.ns_per_op / b)
+        })
+        .collect()
+}
+
 /// The thread counts and budget every benchmark of the command shares.
 pub struct Plan {
     pub threads: Vec<u32>,
@@ -107,16 +141,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `threads` (default 1, N and 4N, N = online CPUs), each run lasting
-    /// `duration` seconds or `ops` operations per thread.
-    pub fn new(threads: Vec<u32>, duration: f64, ops: Option<u64>) -> Plan {
-        let threads = if threads.is_empty() {
+    /// `args.threads` (default 1, N and 4N, N = online CPUs), each run
+    /// lasting `args.duration` seconds or `args.ops` operations per thread.
+    pub fn new(args: &RunArgs) -> Plan {
+        let (duration, ops) = (args.duration, args.ops);
+        let threads = if args.threads.is_empty() {
             let n = restartable::online_cpus().min(1024) as u32;
             let mut t = vec![1, n, 4 * n];
             t.dedup();
             t
         } else {
-            threads
+            args.threads.clone()
         };
         let budget = match ops {
             Some(n) => Budget::Ops(n),

@@ -19,6 +19,9 @@ use crate::{abi, cpu, sys};
 /// profile kills on unknown system calls.
 pub const DISABLE_ENV: &str = "RESTARTABLE_DISABLE";
 
+/// [`DISABLE_ENV`] for `getenv` (checked equal in the tests).
+const DISABLE_ENV_C: &core::ffi::CStr = c"RESTARTABLE_DISABLE";
+
 /// Whether a value of [`DISABLE_ENV`] disables rseq: only the explicit
 /// "keep it on" spellings do not, so a typo errs on the side of the sandbox.
 pub(crate) fn disables(value: &[u8]) -> bool {
@@ -125,7 +128,7 @@ pub(crate) fn possible_cpus() -> usize {
 
 fn detect() -> ProcessInfo {
     ProcessInfo {
-        disabled_by_user: sys::env_bytes(c"RESTARTABLE_DISABLE").is_some_and(disables),
+        disabled_by_user: sys::env_bytes(DISABLE_ENV_C).is_some_and(disables),
         libc: detect_libc(),
         kernel_feature_size: sys::auxval(abi::AT_RSEQ_FEATURE_SIZE)
             .and_then(|v| u32::try_from(v).ok()),
@@ -176,6 +179,11 @@ mod tests {
         assert_eq!(libc_feature_size(20, Some(33)), 32);
         assert_eq!(libc_feature_size(33, Some(33)), 33);
         assert_eq!(libc_feature_size(28, Some(28)), 28);
+    }
+
+    #[test]
+    fn disable_env_names_agree() {
+        assert_eq!(DISABLE_ENV_C.to_str(), Ok(DISABLE_ENV));
     }
 
     #[test]
