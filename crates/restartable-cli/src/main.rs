@@ -3,8 +3,11 @@
 
 mod bench_counter;
 mod bench_ops;
+mod bench_structures;
 mod info;
 mod measure;
+mod plot;
+mod shim;
 mod signals;
 mod stress;
 
@@ -47,6 +50,21 @@ enum BenchWhat {
     Counter(BenchArgs),
     /// Each critical section against its nearest atomic or mutex equivalent.
     Ops(BenchOpsArgs),
+    /// The per-CPU `Pool`, `Stack` and `Buffer` against queues, mutexes,
+    /// channels and sharded_slab.
+    Structures(BenchStructuresArgs),
+}
+
+#[derive(Args)]
+struct BenchStructuresArgs {
+    #[command(flatten)]
+    run: measure::RunArgs,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<bench_structures::Variant>,
+    /// Also write an SVG chart of throughput against threads to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -172,6 +190,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Ops(args),
         } => bench_ops::run(&args.run, args.variants),
+        Command::Bench {
+            what: BenchWhat::Structures(args),
+        } => bench_structures::run(&args.run, args.variants, args.plot),
         Command::Stress(args) => stress::run(stress::Options {
             mode: args.mode,
             threads: args.threads,

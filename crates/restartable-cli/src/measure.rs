@@ -193,20 +193,34 @@ pub type TableRow<'a> = (&'a str, u32, f64, f64, Option<f64>, bool);
 
 /// Prints the benchmark table; `ratio` names the ratio column.
 pub fn print_table(ratio: &str, rows: &[TableRow<'_>]) {
-    println!(
-        "{:<22} {:>7} {:>14} {:>12} {:>11} {:>6}",
-        "variant", "threads", "ns/op/thread", "Mops/s", ratio, "exact"
+    let rows: Vec<RatiosRow> = rows
+        .iter()
+        .map(|&(name, threads, ns, mops, x, exact)| (name, threads, ns, mops, vec![x], exact))
+        .collect();
+    print_ratios_table(&[ratio], &rows);
+}
+
+/// One printed row with several ratio columns: variant name, threads,
+/// measurement, one ratio per column, exact.
+pub type RatiosRow<'a> = (&'a str, u32, f64, f64, Vec<Option<f64>>, bool);
+
+/// Prints the benchmark table with one column per name in `ratios`.
+pub fn print_ratios_table(ratios: &[&str], rows: &[RatiosRow<'_>]) {
+    print!(
+        "{:<22} {:>7} {:>14} {:>12}",
+        "variant", "threads", "ns/op/thread", "Mops/s"
     );
-    for (name, threads, ns, mops, x, exact) in rows {
-        println!(
-            "{:<22} {:>7} {:>14.2} {:>12.1} {:>11} {:>6}",
-            name,
-            threads,
-            ns,
-            mops,
-            x.map_or("-".to_owned(), |x| format!("{x:.2}")),
-            if *exact { "yes" } else { "NO" }
-        );
+    for name in ratios {
+        print!(" {name:>11}");
+    }
+    println!(" {:>6}", "exact");
+    for (name, threads, ns, mops, xs, exact) in rows {
+        print!("{name:<22} {threads:>7} {ns:>14.2} {mops:>12.1}");
+        for (x, column) in xs.iter().zip(ratios) {
+            let x = x.map_or("-".to_owned(), |x| format!("{x:.2}"));
+            print!(" {x:>w$}", w = column.len().max(11));
+        }
+        println!(" {:>6}", if *exact { "yes" } else { "NO" });
     }
     println!("ns/op/thread is wall time per operation of one thread: with more threads than CPUs it includes the time a thread waits for a CPU; Mops/s is the total throughput.");
 }

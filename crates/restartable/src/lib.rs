@@ -40,24 +40,34 @@
 
 pub mod abi;
 mod arch;
+mod buffer;
 mod counter;
 mod cpu;
 mod fallback;
 pub mod fence;
+mod guard;
 pub mod inject;
 mod ops;
+mod pool;
+mod percpu;
 mod percpu_u64;
 mod process;
 mod registration;
 pub mod section;
 mod slots;
+mod stack;
+mod table;
 pub mod stats;
 mod sys;
 
+pub use buffer::{Buffer, Full};
 pub use counter::Counter;
 pub use cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
+pub use percpu::{PerCpu, PerCpuGuard};
+pub use pool::{Pool, Pooled};
+pub use stack::{Node, Stack};
 pub use percpu_u64::{PerCpuU64, RemoteError};
 pub use process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
 pub use registration::{opt_out_current_thread, registration, FallbackReason, Owner, Registration};

@@ -6,7 +6,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::ops::MAX_ATTEMPTS;
 use crate::section::{Index, Order, Outcome, Thread};
 use crate::slots::Slots;
-use crate::{cpu, fence, registration, stats, sys};
+use crate::guard::{self, Reach};
+use crate::{cpu, fence, stats};
 
 /// One CPU's word and its guard (see [`PerCpuU64`]).
 #[derive(Default)]
@@ -210,14 +211,8 @@ impl PerCpuU64 {
         }
     }
 
-    /// Owns word `index` through its guard, fences its CPU, updates it and
-    /// releases it. Returns (old value, updated).
-    ///
-    /// Signals are blocked meanwhile, so a handler on this thread never
-    /// waits for a guard this thread holds; the guard is released even if
-    /// `f` panics; a thread that already holds this guard (an update made
-    /// from inside `f`) updates directly; a guard taken before a `fork`
-    /// (copied into the child, whose other threads are gone) is taken over.
+    /// Owns word `index` through its guard ([`guard::hold`]), updates it
+    /// and releases it. Returns (old value, updated).
     fn guarded(
         &self,
         base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
@@ -227,91 +222,20 @@ impl PerCpuU64 {
         // SAFETY: callers pass `index` below the slot count.
         let slot = unsafe { &(*base.as_ptr().add(index)).0 };
         let key = (self as *const Self as usize, index);
-        sys::with_signals_blocked(|| {
-            // Like a compare-exchange loop: if `f` itself updated this word
-            // (a nested call), its result is stale and `f` runs again.
-            let update = |f: &mut dyn FnMut(u64) -> Option<u64>| loop {
-                let old = slot.value.load(Ordering::Acquire);
-                let new = f(old);
-                if slot.value.load(Ordering::Acquire) != old {
-                    continue;
-                }
-                if let Some(new) = new {
-                    slot.value.store(new, Ordering::Release);
-                }
-                break (old, new.is_some());
-            };
-            if HELD.get() == key {
-                return Ok(update(&mut f));
+        // Like a compare-exchange loop: if `f` itself updated this word
+        // (a nested call, which finds the guard held by its own thread), its
+        // result is stale and `f` runs again.
+        guard::hold(&slot.guard, key, Reach::Cpu(index), |_| loop {
+            let old = slot.value.load(Ordering::Acquire);
+            let new = f(old);
+            if slot.value.load(Ordering::Acquire) != old {
+                continue;
             }
-            let me = owner_token();
-            loop {
-                match slot
-                    .guard
-                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                {
-                    Ok(_) => break,
-                    // Every thread of this process stores the same token; a
-                    // different one was copied from another process by
-                    // `fork` (another generation, or, for a fork that ran no
-                    // atfork handlers, another pid): its owner is not here.
-                    Err(owner) if owner != me => {
-                        if slot
-                            .guard
-                            .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                    Err(_) => std::thread::yield_now(),
-                }
+            if let Some(new) = new {
+                slot.value.store(new, Ordering::Release);
             }
-            let _release = Release(&slot.guard, HELD.replace(key));
-            // Sections that read the guard before we set it are aborted or
-            // committed when the fence returns; later ones see it and stay
-            // out. Without any section in the process there is nothing to
-            // fence.
-            if registration::sections_in_process() {
-                fence::fence_cpu(index)?;
-            }
-            Ok(update(&mut f))
+            break (old, new.is_some());
         })
-    }
-}
-
-thread_local! {
-    /// The guard this thread holds: (structure address, index), or (0, 0).
-    static HELD: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
-}
-
-/// Bumped in every child after `fork`: guards taken in an earlier
-/// generation were taken by threads that do not exist in this process.
-static GENERATION: AtomicU64 = AtomicU64::new(1);
-static AT_FORK: std::sync::Once = std::sync::Once::new();
-
-unsafe extern "C" fn after_fork_in_child() {
-    GENERATION.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The value every thread of this process stores in a guard it takes: the
-/// fork generation in the high 32 bits and the process id in the low 32. A
-/// guard holding anything else was copied from another process by `fork`
-/// (the generation catches PID namespaces, where a child can have its
-/// parent's pid; the pid catches forks that skip atfork handlers).
-fn owner_token() -> u64 {
-    AT_FORK.call_once(|| sys::at_fork_child(after_fork_in_child));
-    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(sys::pid())
-}
-
-/// Clears a guard (and the thread's note of holding it) when dropped, so a
-/// panic in the caller's closure cannot leave the word locked.
-struct Release<'a>(&'a AtomicU64, (usize, usize));
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        HELD.set(self.1);
-        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -322,6 +246,8 @@ pub enum RemoteError {
     NoSuchCpu,
     /// No fence could be made; nothing was changed.
     Fence(fence::FenceError),
+    /// The calling thread already holds this slot (a nested call).
+    Busy,
 }
 
 impl core::fmt::Display for RemoteError {
@@ -329,6 +255,7 @@ impl core::fmt::Display for RemoteError {
         match self {
             RemoteError::NoSuchCpu => f.write_str("no such CPU"),
             RemoteError::Fence(e) => e.fmt(f),
+            RemoteError::Busy => f.write_str("this thread already holds that slot"),
         }
     }
 }

@@ -18,6 +18,13 @@
 //! | [`store_then_store`](Thread::store_then_store) | if `*v == expect`: `*v2 = new2`, then `*v = new` | `load_cbne_store_store` |
 //! | [`memcpy_then_store`](Thread::memcpy_then_store) | if `*v == expect`: copy `len` bytes, then `*v = new` | `load_cbne_memcpy_store` |
 //!
+//! `pop`, `store_then_store` and `memcpy_then_store` also come *guarded*
+//! (`pop_guarded`, ...): the section first reads a guard word (acquire) and
+//! fails with `CompareFailed { which: 1 }` unless it is 0, which is how a
+//! thread on another CPU, or one without rseq, keeps sections out of data it
+//! works on (set the guard, then [`fence`](crate::fence)). `compare2_store`
+//! with `expect2 = 0` is the guarded `compare_store`.
+//!
 //! # Safety contract of every operation
 //!
 //! - Every pointer is valid for the accesses the operation makes, and
@@ -36,6 +43,8 @@
 //! Release: with [`Order::Release`] the commit is a store-release (every
 //! earlier store of the section and of the thread is visible to whoever
 //! observes the commit). On x86-64 every store already is one.
+
+use core::sync::atomic::AtomicU64;
 
 use crate::arch::{self, Attempt};
 use crate::registration::{self, AreaRef};
@@ -283,6 +292,27 @@ impl Thread {
         expect_not: u64,
         offset: usize,
     ) -> Outcome<u64> {
+        // SAFETY: the caller's contract; the guard is a word that stays 0.
+        unsafe { self.pop_guarded(id, order, v, expect_not, offset, NO_GUARD.as_ptr()) }
+    }
+
+    /// [`pop`](Self::pop) that first checks a guard word: if
+    /// `*guard != 0`, `CompareFailed { which: 1, seen: *guard }` and
+    /// nothing is popped. The guard is read first with acquire ordering
+    /// (see [`compare2_store`](Self::compare2_store)).
+    ///
+    /// # Safety
+    /// As [`pop`](Self::pop); `guard` is valid for an aligned `u64` read.
+    #[inline(always)]
+    pub unsafe fn pop_guarded(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect_not: u64,
+        offset: usize,
+        guard: *const u64,
+    ) -> Outcome<u64> {
         let mut head = 0;
         let mut seen = 0;
         if !self.live() {
@@ -296,7 +326,7 @@ impl Thread {
                 pop,
                 id,
                 order,
-                (area, id.value, v, expect_not, offset, &mut head, &mut seen)
+                (area, id.value, v, expect_not, offset, guard, &mut head, &mut seen)
             )
         };
         outcome(self.area, attempt, || head, seen)
@@ -383,6 +413,32 @@ impl Thread {
         new2: u64,
         new: u64,
     ) -> Outcome {
+        // SAFETY: the caller's contract; the guard is a word that stays 0.
+        unsafe {
+            self.store_then_store_guarded(id, order, v, expect, v2, new2, new, NO_GUARD.as_ptr())
+        }
+    }
+
+    /// [`store_then_store`](Self::store_then_store) that first checks a
+    /// guard word: if `*guard != 0`, `CompareFailed { which: 1, .. }` and
+    /// nothing is stored.
+    ///
+    /// # Safety
+    /// As [`store_then_store`](Self::store_then_store); `guard` is valid
+    /// for an aligned `u64` read.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn store_then_store_guarded(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        v2: *mut u64,
+        new2: u64,
+        new: u64,
+        guard: *const u64,
+    ) -> Outcome {
         let mut seen = 0;
         if !self.live() {
             return Outcome::Aborted;
@@ -394,7 +450,7 @@ impl Thread {
                 store_then_store,
                 id,
                 order,
-                (area, id.value, v, expect, v2, new2, new, &mut seen)
+                (area, id.value, v, expect, v2, new2, new, guard, &mut seen)
             )
         };
         outcome(self.area, attempt, || (), seen)
@@ -421,6 +477,43 @@ impl Thread {
         len: usize,
         new: u64,
     ) -> Outcome {
+        // SAFETY: the caller's contract; the guard is a word that stays 0.
+        unsafe {
+            self.memcpy_then_store_guarded(
+                id,
+                order,
+                v,
+                expect,
+                dst,
+                src,
+                len,
+                new,
+                NO_GUARD.as_ptr(),
+            )
+        }
+    }
+
+    /// [`memcpy_then_store`](Self::memcpy_then_store) that first checks a
+    /// guard word: if `*guard != 0`, `CompareFailed { which: 1, .. }` and
+    /// nothing is copied.
+    ///
+    /// # Safety
+    /// As [`memcpy_then_store`](Self::memcpy_then_store); `guard` is valid
+    /// for an aligned `u64` read.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn memcpy_then_store_guarded(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        new: u64,
+        guard: *const u64,
+    ) -> Outcome {
         let mut seen = 0;
         if !self.live() {
             return Outcome::Aborted;
@@ -432,9 +525,12 @@ impl Thread {
                 memcpy_then_store,
                 id,
                 order,
-                (area, id.value, v, expect, dst, src, len, new, &mut seen)
+                (area, id.value, v, expect, dst, src, len, new, guard, &mut seen)
             )
         };
         outcome(self.area, attempt, || (), seen)
     }
 }
+
+/// The guard of the unguarded operations: always 0, never written.
+static NO_GUARD: AtomicU64 = AtomicU64::new(0);

@@ -383,6 +383,7 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
     v: *mut u64,
     expect_not: u64,
     offset: usize,
+    guard: *const u64,
     out: *mut u64,
     seen: *mut u64,
 ) -> Attempt {
@@ -391,6 +392,12 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
             section_asm!(
                 begin!(),
                 exit!("24f"),
+                exit!("25f"),
+                // The guard first, with acquire: another thread sets it,
+                // then fences, to keep sections out of this data.
+                "ldar {val}, [{guard}]",
+                "cmp {val}, #0",
+                far!("ne", "25f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect_not}",
                 far!("eq", "24f"),
@@ -400,7 +407,7 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
                 inject!("24"),
                 twice!("{v}", "{val}"),
                 concat!($st, " {next}, [{v}]"),
-                end!(seen_stub!("24", "{cmpfail}")),
+                end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
                 area = in(reg) area,
                 cpu = in(reg) cpu,
                 id = const ID,
@@ -408,11 +415,13 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
                 expect_not = in(reg) expect_not,
                 offset = in(reg) offset,
                 out = in(reg) out,
+                guard = in(reg) guard,
                 seen = in(reg) seen,
                 val = out(reg) _,
                 next = out(reg) _,
                 scratch = out(reg) _,
                 cmpfail = label { return Attempt::CompareFailed(0) },
+                cmpfail2 = label { return Attempt::CompareFailed(1) },
                 options(nostack),
             )
         };
@@ -542,7 +551,7 @@ pub(crate) unsafe fn compare2_store<const ID: usize, const RELEASE: bool>(
     Attempt::Committed
 }
 
-/// If `*v == expect`: `*v2 = new2`, then commit `*v = new`.
+/// If `*guard == 0` and `*v == expect`: `*v2 = new2`, then commit `*v = new`.
 ///
 /// # Safety
 /// As the x86-64 version.
@@ -556,6 +565,7 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
     v2: *mut u64,
     new2: u64,
     new: u64,
+    guard: *const u64,
     seen: *mut u64,
 ) -> Attempt {
     macro_rules! body {
@@ -563,6 +573,12 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
             section_asm!(
                 begin!(),
                 exit!("24f"),
+                exit!("25f"),
+                // The guard first, with acquire: another thread sets it,
+                // then fences, to keep sections out of this data.
+                "ldar {val}, [{guard}]",
+                "cmp {val}, #0",
+                far!("ne", "25f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
                 far!("ne", "24f"),
@@ -571,7 +587,7 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
                 inject!("24"),
                 twice!("{v}", "{expect}"),
                 concat!($st, " {new}, [{v}]"),
-                end!(seen_stub!("24", "{cmpfail}")),
+                end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
                 area = in(reg) area,
                 cpu = in(reg) cpu,
                 id = const ID,
@@ -580,10 +596,12 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
                 v2 = in(reg) v2,
                 new2 = in(reg) new2,
                 new = in(reg) new,
+                guard = in(reg) guard,
                 seen = in(reg) seen,
                 val = out(reg) _,
                 scratch = out(reg) _,
                 cmpfail = label { return Attempt::CompareFailed(0) },
+                cmpfail2 = label { return Attempt::CompareFailed(1) },
                 options(nostack),
             )
         };
@@ -599,7 +617,8 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
     Attempt::Committed
 }
 
-/// If `*v == expect`: copy `len` bytes, then commit `*v = new`.
+/// If `*guard == 0` and `*v == expect`: copy `len` bytes, then commit
+/// `*v = new`.
 ///
 /// # Safety
 /// As the x86-64 version.
@@ -614,6 +633,7 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
     src: *const u8,
     len: usize,
     new: u64,
+    guard: *const u64,
     seen: *mut u64,
 ) -> Attempt {
     macro_rules! body {
@@ -621,6 +641,12 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
             section_asm!(
                 begin!(),
                 exit!("24f"),
+                exit!("25f"),
+                // The guard first, with acquire: another thread sets it,
+                // then fences, to keep sections out of this data.
+                "ldar {val}, [{guard}]",
+                "cmp {val}, #0",
+                far!("ne", "25f"),
                 "ldr {val}, [{v}]",
                 "cmp {val}, {expect}",
                 far!("ne", "24f"),
@@ -646,7 +672,7 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
                 inject!("24"),
                 twice!("{v}", "{expect}"),
                 concat!($st, " {new}, [{v}]"),
-                end!(seen_stub!("24", "{cmpfail}")),
+                end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
                 area = in(reg) area,
                 cpu = in(reg) cpu,
                 id = const ID,
@@ -656,10 +682,12 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
                 src = in(reg) src,
                 len = in(reg) len,
                 new = in(reg) new,
+                guard = in(reg) guard,
                 seen = in(reg) seen,
                 val = out(reg) _,
                 scratch = out(reg) _,
                 cmpfail = label { return Attempt::CompareFailed(0) },
+                cmpfail2 = label { return Attempt::CompareFailed(1) },
                 options(nostack),
             )
         };

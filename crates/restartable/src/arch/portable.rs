@@ -65,6 +65,7 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
     _: *mut u64,
     _: u64,
     _: usize,
+    _: *const u64,
     _: *mut u64,
     _: *mut u64,
 ) -> Attempt {
@@ -113,6 +114,7 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
     _: *mut u64,
     _: u64,
     _: u64,
+    _: *const u64,
     _: *mut u64,
 ) -> Attempt {
     Attempt::Aborted
@@ -131,6 +133,7 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
     _: *const u8,
     _: usize,
     _: u64,
+    _: *const u64,
     _: *mut u64,
 ) -> Attempt {
     Attempt::Aborted

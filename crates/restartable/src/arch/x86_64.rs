@@ -361,7 +361,8 @@ pub(crate) unsafe fn add<const ID: usize, const RELEASE: bool>(
     Attempt::Committed
 }
 
-/// Pop from an intrusive list: if `*v == expect_not` report
+/// Pop from an intrusive list: if `*guard != 0` report `CompareFailed(1)`
+/// (seen = `*guard`); if `*v == expect_not` report
 /// `CompareFailed(0)` (seen = `*v`); else `*out = *v` and commit
 /// `*v = *(*v + offset)` (the head's next pointer).
 ///
@@ -375,6 +376,7 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
     v: *mut u64,
     expect_not: u64,
     offset: usize,
+    guard: *const u64,
     out: *mut u64,
     seen: *mut u64,
 ) -> Attempt {
@@ -383,6 +385,12 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
         section_asm!(
             begin!(),
             exit!("24f"),
+            exit!("25f"),
+            // The guard first: another thread sets it, then fences, to keep
+            // sections out of this data (`crate::guard`).
+            "mov {val}, qword ptr [{guard}]",
+            "test {val}, {val}",
+            "jnz 25f",
             "mov {val}, qword ptr [{v}]",
             "cmp {val}, {expect_not}",
             "je 24f",
@@ -392,7 +400,7 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
             inject!("24"),
             twice!("{v}", "{val}"),
             "mov qword ptr [{v}], {next}",
-            end!(seen_stub!("24", "{cmpfail}")),
+            end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
             area = in(reg) area,
             cpu = in(reg) cpu,
             id = const ID,
@@ -400,11 +408,13 @@ pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
             expect_not = in(reg) expect_not,
             offset = in(reg) offset,
             out = in(reg) out,
+            guard = in(reg) guard,
             seen = in(reg) seen,
             val = out(reg) _,
             next = out(reg) _,
             scratch = out(reg) _,
             cmpfail = label { return Attempt::CompareFailed(0) },
+            cmpfail2 = label { return Attempt::CompareFailed(1) },
             options(nostack),
         );
     }
@@ -506,8 +516,9 @@ pub(crate) unsafe fn compare2_store<const ID: usize, const RELEASE: bool>(
     Attempt::Committed
 }
 
-/// If `*v == expect`: store `*v2 = new2` (speculative), then commit
-/// `*v = new`; else `CompareFailed(0)` with `*v` in `*seen`.
+/// If `*guard == 0` and `*v == expect`: store `*v2 = new2` (speculative),
+/// then commit `*v = new`; else `CompareFailed(1)` (guard) or
+/// `CompareFailed(0)` with the value seen in `*seen`.
 ///
 /// # Safety
 /// As [`compare_store`], for `v` and `v2`.
@@ -521,6 +532,7 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
     v2: *mut u64,
     new2: u64,
     new: u64,
+    guard: *const u64,
     seen: *mut u64,
 ) -> Attempt {
     // SAFETY: the caller guarantees area and memory; see the function docs.
@@ -528,6 +540,12 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
         section_asm!(
             begin!(),
             exit!("24f"),
+            exit!("25f"),
+            // The guard first: another thread sets it, then fences, to keep
+            // sections out of this data (`crate::guard`).
+            "mov {val}, qword ptr [{guard}]",
+            "test {val}, {val}",
+            "jnz 25f",
             "mov {val}, qword ptr [{v}]",
             "cmp {val}, {expect}",
             "jne 24f",
@@ -536,7 +554,7 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
             inject!("24"),
             twice!("{v}", "{expect}"),
             "mov qword ptr [{v}], {new}",
-            end!(seen_stub!("24", "{cmpfail}")),
+            end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
             area = in(reg) area,
             cpu = in(reg) cpu,
             id = const ID,
@@ -545,18 +563,21 @@ pub(crate) unsafe fn store_then_store<const ID: usize, const RELEASE: bool>(
             v2 = in(reg) v2,
             new2 = in(reg) new2,
             new = in(reg) new,
+            guard = in(reg) guard,
             seen = in(reg) seen,
             val = out(reg) _,
             scratch = out(reg) _,
             cmpfail = label { return Attempt::CompareFailed(0) },
+            cmpfail2 = label { return Attempt::CompareFailed(1) },
             options(nostack),
         );
     }
     Attempt::Committed
 }
 
-/// If `*v == expect`: copy `len` bytes from `src` to `dst` (speculative),
-/// then commit `*v = new`; else `CompareFailed(0)` with `*v` in `*seen`.
+/// If `*guard == 0` and `*v == expect`: copy `len` bytes from `src` to `dst`
+/// (speculative), then commit `*v = new`; else `CompareFailed(1)` (guard)
+/// or `CompareFailed(0)` with the value seen in `*seen`.
 ///
 /// # Safety
 /// As [`compare_store`]; `src` is valid for reads and `dst` for writes of
@@ -572,6 +593,7 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
     src: *const u8,
     len: usize,
     new: u64,
+    guard: *const u64,
     seen: *mut u64,
 ) -> Attempt {
     // SAFETY: the caller guarantees area and memory; see the function docs.
@@ -579,6 +601,12 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
         section_asm!(
             begin!(),
             exit!("24f"),
+            exit!("25f"),
+            // The guard first: another thread sets it, then fences, to keep
+            // sections out of this data (`crate::guard`).
+            "mov {val}, qword ptr [{guard}]",
+            "test {val}, {val}",
+            "jnz 25f",
             "mov {val}, qword ptr [{v}]",
             "cmp {val}, {expect}",
             "jne 24f",
@@ -605,7 +633,7 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
             inject!("24"),
             twice!("{v}", "{expect}"),
             "mov qword ptr [{v}], {new}",
-            end!(seen_stub!("24", "{cmpfail}")),
+            end!(seen_stub!("24", "{cmpfail}"), seen_stub!("25", "{cmpfail2}")),
             area = in(reg) area,
             cpu = in(reg) cpu,
             id = const ID,
@@ -615,10 +643,12 @@ pub(crate) unsafe fn memcpy_then_store<const ID: usize, const RELEASE: bool>(
             src = in(reg) src,
             len = in(reg) len,
             new = in(reg) new,
+            guard = in(reg) guard,
             seen = in(reg) seen,
             val = out(reg) _,
             scratch = out(reg) _,
             cmpfail = label { return Attempt::CompareFailed(0) },
+            cmpfail2 = label { return Attempt::CompareFailed(1) },
             options(nostack),
         );
     }

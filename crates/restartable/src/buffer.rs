@@ -1,0 +1,348 @@
+//! [`Buffer`]: per-CPU record buffers, appended to by critical sections and
+//! drained through the fence.
+
+use core::cell::UnsafeCell;
+use core::mem::{size_of, MaybeUninit};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::fence::FenceError;
+use crate::guard::{self, Reach};
+use crate::ops::MAX_ATTEMPTS;
+use crate::section::{Index, Order, Outcome, Thread};
+use crate::table::Table;
+use crate::{cpu, stats, RemoteError};
+
+/// One CPU's buffer.
+struct Slot<T> {
+    /// Records in `records[..count]`.
+    count: AtomicU64,
+    /// Non-zero while a thread works on this buffer without a section.
+    guard: AtomicU64,
+    records: Box<[UnsafeCell<MaybeUninit<T>>]>,
+}
+
+/// [`Buffer::push`] found the current CPU's buffer full: the record comes
+/// back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full<T>(pub T);
+
+impl<T> core::fmt::Display for Full<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("this CPU's buffer is full")
+    }
+}
+
+impl<T: core::fmt::Debug> std::error::Error for Full<T> {}
+
+/// Per-CPU buffers of fixed-size records: many producers, one or more
+/// consumers.
+///
+/// [`push`](Self::push) appends a record to the buffer of the CPU the
+/// thread runs on with one critical section (the guarded
+/// `memcpy_then_store`: copy the record into the next free place, commit
+/// the new count): no lock, no atomic instruction. Each CPU's buffer holds
+/// `capacity` records; a push to a full one returns [`Full`] with the
+/// record. [`drain`](Self::drain) empties every CPU's buffer in turn
+/// through the guard protocol (guard the buffer, fence its CPU, copy the
+/// records out, reset the count), handing each CPU's records to the caller
+/// in the order they were appended there.
+///
+/// Records from one thread come out in the order it pushed them as long as
+/// it stayed on one CPU; across CPUs there is no order.
+///
+/// Without rseq (or after 16 aborts in a row) a push takes the guard
+/// protocol itself (a compare-exchange, and a fence while other threads
+/// use rseq). Memory: `capacity * size_of::<T>()` bytes for each CPU that
+/// pushed.
+///
+/// ```
+/// use restartable::Buffer;
+///
+/// let events: Buffer<(u32, u64)> = Buffer::new(1024);
+/// std::thread::scope(|s| {
+///     for t in 0..4u32 {
+///         let events = &events;
+///         s.spawn(move || {
+///             for i in 0..100 {
+///                 while events.push((t, i)).is_err() {
+///                     std::thread::yield_now(); // full: a consumer will drain
+///                 }
+///             }
+///         });
+///     }
+/// });
+/// let mut seen = 0;
+/// events.drain(|_cpu, records| seen += records.len()).unwrap();
+/// assert_eq!(seen, 400);
+/// ```
+pub struct Buffer<T> {
+    slots: Table<Slot<T>>,
+    capacity: usize,
+}
+
+impl<T: Copy> Buffer<T> {
+    /// Buffers of `capacity` records per CPU (0 makes every push fail),
+    /// allocated when a CPU first pushes.
+    pub const fn new(capacity: usize) -> Self {
+        Buffer {
+            slots: Table::new(),
+            capacity,
+        }
+    }
+
+    /// Records each CPU's buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Appends `record` to the current CPU's buffer.
+    ///
+    /// # Errors
+    /// [`Full`], with the record, when that buffer is full.
+    pub fn push(&self, record: T) -> Result<(), Full<T>> {
+        if let Some(t) = Thread::current() {
+            match self.push_section(&t, &record) {
+                Ok(done) => return done.map_err(|()| Full(record)),
+                Err(Fallback) => {}
+            }
+        }
+        stats::record_fallback(Thread::current().is_some());
+        let index = cpu::fold(cpu::raw_cpu(), self.slots.len());
+        let Some(slot) = self.slot(index) else {
+            return Err(Full(record));
+        };
+        loop {
+            let pushed = self.guarded(slot, index, |slot| {
+                let n = slot.count.load(Ordering::Relaxed) as usize;
+                let place = slot.records.get(n)?;
+                // SAFETY: the buffer is ours under the guard; `place` is past
+                // the records in use.
+                unsafe { (*place.get()).write(record) };
+                slot.count.store(n as u64 + 1, Ordering::Release);
+                Some(())
+            });
+            match pushed {
+                Ok(done) => return done.ok_or(Full(record)),
+                // No fence now: wait for one (the fallback has no other way).
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// Drains every CPU's buffer, calling `f(cpu, records)` for each that
+    /// held records (in the order they were appended there). Returns the
+    /// number of records drained. Records pushed while the drain runs are
+    /// either in this drain or left for the next.
+    ///
+    /// # Errors
+    /// [`RemoteError::Fence`] when no fence can be made; buffers before the
+    /// failing one were drained.
+    pub fn drain(&self, mut f: impl FnMut(usize, &[T])) -> Result<usize, RemoteError> {
+        let mut scratch = Vec::new();
+        let mut total = 0;
+        for (cpu, _) in self.slots.iter() {
+            total += self.drain_into(cpu, &mut scratch, &mut f)?;
+        }
+        Ok(total)
+    }
+
+    /// Drains the buffer of CPU `cpu` only; returns the number of records.
+    ///
+    /// # Errors
+    /// [`RemoteError::NoSuchCpu`] past [`possible_cpus`](crate::possible_cpus);
+    /// [`RemoteError::Fence`] when no fence can be made.
+    pub fn drain_cpu(&self, cpu: usize, mut f: impl FnMut(&[T])) -> Result<usize, RemoteError> {
+        if cpu >= self.slots.len() {
+            return Err(RemoteError::NoSuchCpu);
+        }
+        self.drain_into(cpu, &mut Vec::new(), &mut |_, records| f(records))
+    }
+
+    /// Records in all buffers now (a racy sum, for reports).
+    pub fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|(_, s)| s.count.load(Ordering::Relaxed) as usize)
+            .sum()
+    }
+
+    /// True when every buffer was empty when looked at.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn drain_into(
+        &self,
+        cpu: usize,
+        scratch: &mut Vec<T>,
+        f: &mut impl FnMut(usize, &[T]),
+    ) -> Result<usize, RemoteError> {
+        let Some(slot) = self.slots.get(cpu) else {
+            return Ok(0);
+        };
+        // A racy look first: an empty buffer costs no fence.
+        if slot.count.load(Ordering::Relaxed) == 0 {
+            return Ok(0);
+        }
+        scratch.clear();
+        self.guarded(slot, cpu, |slot| {
+            let n = (slot.count.load(Ordering::Acquire) as usize).min(slot.records.len());
+            // SAFETY: the buffer is ours under the guard, and its first `n`
+            // records were written by committed pushes.
+            scratch.extend(
+                slot.records[..n]
+                    .iter()
+                    .map(|r| unsafe { (*r.get()).assume_init() }),
+            );
+            slot.count.store(0, Ordering::Release);
+        })
+        .map_err(RemoteError::Fence)?;
+        // The caller's code runs after the guard is released.
+        if !scratch.is_empty() {
+            f(cpu, scratch);
+        }
+        Ok(scratch.len())
+    }
+
+    fn slot(&self, index: usize) -> Option<&Slot<T>> {
+        self.slots.get_or_init(index, || Slot {
+            count: AtomicU64::new(0),
+            guard: AtomicU64::new(0),
+            records: (0..self.capacity)
+                .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+                .collect(),
+        })
+    }
+
+    /// The push section, retried: `Ok(Err(()))` when the buffer is full.
+    fn push_section(&self, t: &Thread, record: &T) -> Result<Result<(), ()>, Fallback> {
+        let mut aborts = 0;
+        while aborts < MAX_ATTEMPTS {
+            let id = t.id(Index::Cpu).ok_or(Fallback)?;
+            let slot = self.slot(id.as_usize()).ok_or(Fallback)?;
+            let n = slot.count.load(Ordering::Relaxed);
+            let Some(place) = slot.records.get(n as usize) else {
+                return Ok(Err(()));
+            };
+            // SAFETY: the count is written only by sections on this CPU
+            // (which check the guard first) and by guard holders after a
+            // fence; `place` is the free place after the `n` records, which
+            // only a push committing `n + 1` publishes; `record` is a `T`.
+            let outcome = unsafe {
+                t.memcpy_then_store_guarded(
+                    id,
+                    Order::Release,
+                    slot.count.as_ptr(),
+                    n,
+                    place.get() as *mut u8,
+                    record as *const T as *const u8,
+                    size_of::<T>(),
+                    n + 1,
+                    slot.guard.as_ptr(),
+                )
+            };
+            match outcome {
+                Outcome::Committed(()) => return Ok(Ok(())),
+                Outcome::Aborted => {
+                    stats::record_abort();
+                    aborts += 1;
+                }
+                Outcome::CompareFailed { which: 1, .. } => std::thread::yield_now(),
+                // Another push or a drain came between.
+                Outcome::CompareFailed { .. } => {}
+            }
+        }
+        Err(Fallback)
+    }
+
+    fn guarded<R>(
+        &self,
+        slot: &Slot<T>,
+        index: usize,
+        f: impl FnOnce(&Slot<T>) -> R,
+    ) -> Result<R, FenceError> {
+        let key = (self as *const Self as usize, index);
+        guard::hold(&slot.guard, key, Reach::Cpu(index), |_| f(slot))
+    }
+}
+
+/// The section path gave up: take the fallback.
+struct Fallback;
+
+impl<T> core::fmt::Debug for Buffer<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: records are copied in by producers and out by consumers (`T:
+// Send`), each place written by one thread at a time under the protocol.
+unsafe impl<T: Send> Sync for Buffer<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for Buffer<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_record_is_drained_once_in_per_cpu_order() {
+        let threads = if cfg!(miri) { 3u64 } else { 8 };
+        let per_thread = if cfg!(miri) { 30u64 } else { 20_000 };
+        let buffer: Buffer<[u64; 2]> = Buffer::new(64);
+        let mut seen = vec![Vec::new(); threads as usize];
+        let done = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (buffer, done) = (&buffer, &done);
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        while buffer.push([t, i]).is_err() {
+                            std::thread::yield_now();
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Release);
+                });
+            }
+            let mut consume = |_: usize, records: &[[u64; 2]]| {
+                // Within one CPU's batch, each thread's records are in the
+                // order it pushed them.
+                let mut last = vec![None; threads as usize];
+                for &[t, i] in records {
+                    assert!(last[t as usize] < Some(i), "out of order on one CPU");
+                    last[t as usize] = Some(i);
+                    seen[t as usize].push(i);
+                }
+            };
+            while done.load(Ordering::Acquire) < threads {
+                buffer.drain(&mut consume).unwrap();
+            }
+            buffer.drain(&mut consume).unwrap();
+        });
+        for (t, mut got) in seen.into_iter().enumerate() {
+            got.sort_unstable();
+            let want: Vec<u64> = (0..per_thread).collect();
+            assert!(got == want, "thread {t}: records lost or duplicated");
+        }
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_full_buffer_returns_the_record() {
+        let buffer: Buffer<u8> = Buffer::new(0);
+        assert_eq!(buffer.push(7), Err(Full(7)));
+        let buffer: Buffer<u8> = Buffer::new(1);
+        // One thread: fill its CPU's buffer (it may migrate; bounded tries).
+        let mut full = false;
+        for i in 0..100 {
+            if buffer.push(i).is_err() {
+                full = true;
+                break;
+            }
+        }
+        assert!(full);
+        assert_eq!(buffer.drain_cpu(usize::MAX, |_| ()), Err(RemoteError::NoSuchCpu));
+    }
+}
