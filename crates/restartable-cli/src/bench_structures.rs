@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::shim::{Buffer, Full, Node, Pool, Stack};
 use clap::ValueEnum;
 use crossbeam_utils::CachePadded;
+use restartable::{Buffer, Full, Node, Pool, Stack};
 use serde::Serialize;
 
 use crate::measure::{
@@ -33,7 +33,7 @@ pub enum Variant {
     /// `restartable::Pool`: `get`, write one word, drop the guard.
     Pool,
     /// `restartable::Stack`: pop a node (local CPU, then steal), write one
-    /// word, push it back.
+    /// word, push it back; pre-filled.
     Stack,
     /// crossbeam `ArrayQueue<Box<Obj>>`, pop + push, pre-filled.
     ArrayQueue,
@@ -154,13 +154,15 @@ struct Row {
     /// Record buffer: pushes that found the structure full, yielded and
     /// retried (null for object reuse).
     full: Option<u64>,
-    /// ns_per_op of this variant over that of each baseline of its group at
-    /// the same thread count (below 1: this variant is faster).
+    /// Each baseline of the group (by name): its Mops/s over this
+    /// variant's at the same thread count, i.e. the time per operation of
+    /// all threads together, this variant's over the baseline's (below 1:
+    /// this variant is faster).
     vs: BTreeMap<&'static str, f64>,
     /// The fastest baseline of the group at this thread count, not counting
     /// the thread-local floor.
     best_baseline: Option<Variant>,
-    /// ns_per_op of this variant over that of `best_baseline`.
+    /// `vs` of `best_baseline`.
     vs_best: Option<f64>,
 }
 
@@ -172,7 +174,7 @@ struct Row {
 /// are added up when it is dropped, so a run can check that no object was
 /// lost or duplicated and that every operation touched exactly one.
 #[derive(Debug)]
-pub struct Obj([u64; 4]);
+struct Obj([u64; 4]);
 
 static MADE: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -265,6 +267,9 @@ impl Workload for SegQueueWork {
     }
 }
 
+// Boxed like every structure here: an object is its own allocation, handed
+// around by pointer, never copied in and out of the structure.
+#[allow(clippy::vec_box)]
 struct MutexVecWork(Mutex<Vec<Box<Obj>>>);
 impl Workload for MutexVecWork {
     #[inline(always)]
@@ -286,7 +291,10 @@ impl Workload for ShardedSlabWork {
     }
 }
 
-thread_local!(static CACHE: RefCell<Vec<Box<Obj>>> = const { RefCell::new(Vec::new()) });
+thread_local! {
+    #[allow(clippy::vec_box)] // as for MutexVecWork
+    static CACHE: RefCell<Vec<Box<Obj>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A per-thread cache: see [`Variant::ThreadLocal`].
 struct ThreadLocalWork;
@@ -339,11 +347,8 @@ fn measure_reuse(variant: Variant, threads: u32, budget: Budget, fill: usize) ->
             },
             threads,
             budget,
-            |w| {
-                w.0.pop_all()
-                    .into_iter()
-                    .for_each(|n| drop(Node::into_inner(n)))
-            },
+            // Dropping the stack drops the nodes on every CPU's list.
+            drop,
         ),
         Variant::ArrayQueue => reuse(
             || {
@@ -589,6 +594,19 @@ fn measure_records(
 
 // ---------------------------------------------------------------------------
 
+/// What the ratios compare: the time per operation of all threads together
+/// (1 / throughput), in ns. Not `ns_per_op`, the mean over threads of each
+/// thread's time per operation: with more threads than CPUs, or the
+/// consumer thread competing for a CPU, threads get unequal shares of CPU
+/// time, and that mean can rank two variants opposite to their throughput.
+fn system_ns(m: &Measured) -> f64 {
+    if m.mops > 0.0 {
+        1e3 / m.mops
+    } else {
+        f64::INFINITY
+    }
+}
+
 pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Result<(), String> {
     let plan = Plan::new(args);
     let mut variants = if variants.is_empty() {
@@ -626,7 +644,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Res
     let baselines: Vec<Variant> = variants.iter().copied().filter(|v| !v.ours()).collect();
     let vs: Vec<(Variant, Vec<Option<f64>>)> = baselines
         .iter()
-        .map(|&b| (b, measure::ratios(&measured, |_| b)))
+        .map(|&b| (b, measure::ratios_of(&measured, |_| b, system_ns)))
         .collect();
     let rows: Vec<Row> = measured
         .iter()
@@ -748,10 +766,11 @@ fn print_text(rows: &[Row], groups: &[Group], baselines: &[Variant]) {
                     full.join(", ")
                 }
             );
+            println!("When the consumer cannot keep up, the structure stays full and the consumer's pace sets the throughput; producers then get very unequal shares (some finish a handful of operations), which inflates ns/op/thread: compare Mops/s.");
         }
     }
     println!();
-    println!("x NAME: this variant's ns/op over NAME's at the same thread count; below 1 means this variant is faster.");
+    println!("x NAME: NAME's Mops/s over this variant's at the same thread count (so below 1 means this variant is faster); from throughput rather than ns/op/thread, which threads' unequal shares of the CPUs skew.");
 }
 
 fn chart_title() -> String {
@@ -780,7 +799,7 @@ fn chart_note(plan: &Plan) -> Vec<String> {
             restartable::online_cpus(),
             rseq_state()
         ),
-        "Higher is better. Thick lines: this library's structures; thin lines: baselines measured in the same run. Each point: total operations per second of all threads.".to_owned(),
+        "Higher is better. Thick solid lines: this library's structures; dashed lines: baselines measured in the same run. Each point: total operations per second of all threads.".to_owned(),
     ]
 }
 

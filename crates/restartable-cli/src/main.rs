@@ -7,7 +7,6 @@ mod bench_structures;
 mod info;
 mod measure;
 mod plot;
-mod shim;
 mod signals;
 mod stress;
 
@@ -120,7 +119,8 @@ struct StressArgs {
     #[arg(long, value_enum, default_value = "relaxed")]
     order: stress::OrderArg,
     /// This many worker threads opt out of rseq and take the fallback path
-    /// while the others run sections (modes counter and fetch-update).
+    /// while the others run sections (the modes on library structures:
+    /// counter, fetch-update, percpu, stack, pool, drain).
     #[arg(long, default_value_t = 0)]
     skip_registration: u32,
     /// Give up (exit status 3) if the run has not finished after this many

@@ -123,13 +123,24 @@ pub fn ratios<V: Copy + PartialEq>(
     rows: &[(V, u32, Measured, bool)],
     baseline: impl Fn(V) -> V,
 ) -> Vec<Option<f64>> {
+    ratios_of(rows, baseline, |m| m.ns_per_op)
+}
+
+/// For each row, its `cost` over that of `baseline(variant)` at the same
+/// thread count (`None` when that row was not run or a cost is not finite).
+pub fn ratios_of<V: Copy + PartialEq>(
+    rows: &[(V, u32, Measured, bool)],
+    baseline: impl Fn(V) -> V,
+    cost: impl Fn(&Measured) -> f64,
+) -> Vec<Option<f64>> {
     rows.iter()
         .map(|&(v, t, m, _)| {
             rows.iter()
                 .find(|r| r.1 == t && r.0 == baseline(v))
-                .map(|r| r.2.ns_per_op)
+                .map(|r| cost(&r.2))
                 .filter(|b| *b > 0.0)
-                .map(|b| m.ns_per_op / b)
+                .map(|b| cost(&m) / b)
+                .filter(|x| x.is_finite())
         })
         .collect()
 }

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 /// One line of a chart: a variant's throughput at each thread count.
@@ -28,6 +29,7 @@ pub struct Panel {
 }
 
 const WIDTH_PER_PANEL: u32 = 660;
+const MIN_WIDTH: u32 = 1200;
 const CHART_HEIGHT: u32 = 430;
 const LEGEND_ROW: u32 = 19;
 const FONT: &str = "sans-serif";
@@ -43,10 +45,11 @@ pub fn throughput_svg(
     panels: &[Panel],
 ) -> Result<(), String> {
     let rows = panels.iter().map(|p| p.lines.len()).max().unwrap_or(0) as u32;
-    let legend = 12 + rows * LEGEND_ROW;
+    let legend = 12 + (rows + 1) * LEGEND_ROW;
     let footer = 10 + note.len() as u32 * 18;
     let size = (
-        WIDTH_PER_PANEL * panels.len().max(1) as u32,
+        // Wide enough for the title and the note even with one panel.
+        (WIDTH_PER_PANEL * panels.len().max(1) as u32).max(MIN_WIDTH),
         44 + CHART_HEIGHT + legend + footer,
     );
     let fail =
@@ -83,6 +86,58 @@ pub fn throughput_svg(
 type Backend<'a> = SVGBackend<'a>;
 type DrawResult = Result<(), DrawingAreaErrorKind<<Backend<'static> as DrawingBackend>::ErrorType>>;
 
+/// Colours of our lines, then of the baselines (Tableau 10, which stays
+/// distinct on white and for most colour-blind readers).
+const OURS: [RGBColor; 3] = [
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(31, 119, 180),
+];
+const BASELINES: [RGBColor; 7] = [
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// An axis drawn on a linear coordinate: values go through `at`, and only
+/// the key points `label` names are labelled.
+#[derive(Clone, Copy)]
+enum Scale {
+    Linear,
+    Log2,
+    Log10,
+}
+
+impl Scale {
+    fn at(self, v: f64) -> f64 {
+        match self {
+            Scale::Linear => v,
+            Scale::Log2 => v.log2(),
+            Scale::Log10 => v.log10(),
+        }
+    }
+    fn value(self, at: f64) -> Option<f64> {
+        let whole = (at - at.round()).abs() < 1e-9;
+        match self {
+            Scale::Linear => Some(at),
+            Scale::Log2 => whole.then(|| 2f64.powf(at.round())),
+            Scale::Log10 => whole.then(|| 10f64.powf(at.round())),
+        }
+    }
+    /// How many key points to ask for over `range`: one per power for the
+    /// log scales, so they fall on whole powers.
+    fn labels(self, range: &std::ops::Range<f64>) -> usize {
+        match self {
+            Scale::Linear => 8,
+            Scale::Log2 | Scale::Log10 => (range.end - range.start).ceil() as usize + 1,
+        }
+    }
+}
+
 fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResult {
     let (chart_area, legend_area) = area.split_vertically(CHART_HEIGHT);
     let points = || panel.lines.iter().flat_map(|l| l.points.iter().copied());
@@ -91,62 +146,114 @@ fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResu
         .map(|(_, m)| m.max(1e-3))
         .fold((f64::MAX, 1e-3_f64), |(lo, hi), m| (lo.min(m), hi.max(m)));
     let (t_min, m_min) = (t_min.min(t_max), m_min.min(m_max));
-    // Threads on a log2 axis; a half step of margin on each side.
-    let x = (t_min as f64).log2() - 0.35..(t_max as f64).log2() + 0.35;
-    let y = (m_min / 2.0)..(m_max * 2.0);
+    // Threads on a log2 axis with half a step of margin; throughput on a
+    // log axis only when it spans more than a factor of 20.
+    let (xs, ys) = (
+        Scale::Log2,
+        if m_max / m_min > 20.0 {
+            Scale::Log10
+        } else {
+            Scale::Linear
+        },
+    );
+    let x = xs.at(t_min as f64) - 0.35..xs.at(t_max as f64) + 0.35;
+    let y = match ys {
+        Scale::Linear => 0.0..m_max * 1.1,
+        _ => ys.at(m_min) - 0.3..ys.at(m_max) + 0.3,
+    };
+    let (x_labels, y_labels) = (xs.labels(&x), ys.labels(&y));
     let mut chart = ChartBuilder::on(&chart_area)
         .caption(&panel.title, (FONT, 16))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d(x, y.log_scale())?;
+        .build_cartesian_2d(x, y)?;
     chart
         .configure_mesh()
         .x_desc("threads (log scale)")
-        .y_desc("throughput, Mops/s (log scale)")
-        .x_labels(((t_max as f64).log2() - (t_min as f64).log2()).ceil() as usize + 2)
-        .x_label_formatter(&|x| {
-            if (x - x.round()).abs() < 1e-9 {
-                format!("{}", 2f64.powf(x.round()))
-            } else {
-                String::new()
-            }
+        .y_desc(match ys {
+            Scale::Linear => "throughput, Mops/s",
+            _ => "throughput, Mops/s (log scale)",
         })
-        .y_label_formatter(&|y| mops_label(*y))
+        .x_labels(x_labels)
+        .y_labels(y_labels)
+        .x_label_formatter(&|x| xs.value(*x).map_or(String::new(), |t| format!("{t}")))
+        .y_label_formatter(&|y| ys.value(*y).map_or(String::new(), mops_label))
+        .light_line_style(RGBColor(240, 240, 240))
         .axis_desc_style((FONT, 14))
         .label_style((FONT, 12))
         .draw()?;
-    let style = |i: usize, ours: bool| {
-        let color = Palette99::pick(i).to_rgba();
-        (color, color.stroke_width(if ours { 3 } else { 1 }))
-    };
-    for (i, line) in panel.lines.iter().enumerate() {
-        let (color, stroke) = style(i, line.ours);
+    let (mut ours, mut baselines) = (OURS.iter().cycle(), BASELINES.iter().cycle());
+    let styles: Vec<(RGBColor, ShapeStyle)> = panel
+        .lines
+        .iter()
+        .map(|l| {
+            let color = *if l.ours {
+                ours.next()
+            } else {
+                baselines.next()
+            }
+            .unwrap_or(&BLACK);
+            (color, color.stroke_width(if l.ours { 3 } else { 2 }))
+        })
+        .collect();
+    for (line, &(color, stroke)) in panel.lines.iter().zip(&styles) {
         let xy: Vec<(f64, f64)> = line
             .points
             .iter()
-            .map(|&(t, m)| ((t as f64).log2(), m.max(1e-3)))
+            .map(|&(t, m)| (xs.at(t as f64), ys.at(m.max(1e-3))))
             .collect();
-        chart.draw_series(LineSeries::new(xy.iter().copied(), stroke))?;
-        chart.draw_series(
-            xy.iter()
-                .map(|&p| Circle::new(p, if line.ours { 5 } else { 3 }, color.filled())),
-        )?;
-        // Mops/s next to each point of our lines, so they read without the table.
         if line.ours {
-            chart.draw_series(xy.iter().map(|&(x, y)| {
-                Text::new(mops_label(y), (x, y), (FONT, 11).into_font().color(&color))
-            }))?;
+            chart.draw_series(LineSeries::new(xy.iter().copied(), stroke))?;
+        } else {
+            chart.draw_series(DashedLineSeries::new(xy.iter().copied(), 8, 5, stroke))?;
         }
+        let radius = if line.ours { 5 } else { 3 };
+        chart.draw_series(xy.iter().map(|&p| Circle::new(p, radius, color.filled())))?;
     }
-    for (i, line) in panel.lines.iter().enumerate() {
-        let (_, stroke) = style(i, line.ours);
-        let y = 8 + (i as u32 * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2;
-        legend_area.draw(&PathElement::new(vec![(76, y), (106, y)], stroke))?;
-        legend_area.draw(&Text::new(
-            format!("{}: {}", line.name, line.about),
-            (114, y - 7),
-            (FONT, 13).into_font(),
+    // The legend, under the chart: sample, name, what it is, and the values.
+    let threads: Vec<String> = points()
+        .map(|(t, _)| t)
+        .collect::<std::collections::BTreeSet<_>>()
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    let text = |s: String, x: i32, y: i32, bold: bool| {
+        let font = (FONT, 13).into_font();
+        Text::new(
+            s,
+            (x, y - 7),
+            if bold {
+                font.style(FontStyle::Bold)
+            } else {
+                font
+            },
+        )
+    };
+    let row = |i: usize| 8 + (i as u32 * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2;
+    legend_area.draw(&text(
+        format!(
+            "variant: what it is: Mops/s at {} threads",
+            threads.join(", ")
+        ),
+        76,
+        row(0),
+        false,
+    ))?;
+    for (i, (line, &(_, stroke))) in panel.lines.iter().zip(&styles).enumerate() {
+        let y = row(i + 1);
+        let sample = vec![(40, y), (70, y)];
+        if line.ours {
+            legend_area.draw(&PathElement::new(sample, stroke))?;
+        } else {
+            legend_area.draw(&DashedPathElement::new(sample, 8, 5, stroke))?;
+        }
+        let values: Vec<String> = line.points.iter().map(|&(_, m)| mops_label(m)).collect();
+        legend_area.draw(&text(
+            format!("{}: {}: {}", line.name, line.about, values.join(", ")),
+            76,
+            y,
+            line.ours,
         ))?;
     }
     Ok(())
@@ -154,11 +261,15 @@ fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResu
 
 /// Mops/s with as many digits as its size needs.
 fn mops_label(y: f64) -> String {
-    if y >= 100.0 {
+    if y == 0.0 {
+        "0".to_owned()
+    } else if y >= 100.0 || (y >= 1.0 && (y - y.round()).abs() < 1e-9) {
         format!("{y:.0}")
     } else if y >= 1.0 {
         format!("{y:.1}")
+    } else if y >= 0.01 {
+        format!("{y:.2}")
     } else {
-        format!("{y:.3}")
+        format!("{y:.1e}")
     }
 }

@@ -101,9 +101,8 @@ impl<T: Copy> Buffer<T> {
     /// [`Full`], with the record, when that buffer is full.
     pub fn push(&self, record: T) -> Result<(), Full<T>> {
         if let Some(t) = Thread::current() {
-            match self.push_section(&t, &record) {
-                Ok(done) => return done.map_err(|()| Full(record)),
-                Err(Fallback) => {}
+            if let Ok(done) = self.push_section(&t, &record) {
+                return done.map_err(|()| Full(record));
             }
         }
         stats::record_fallback(Thread::current().is_some());
@@ -343,6 +342,9 @@ mod tests {
             }
         }
         assert!(full);
-        assert_eq!(buffer.drain_cpu(usize::MAX, |_| ()), Err(RemoteError::NoSuchCpu));
+        assert_eq!(
+            buffer.drain_cpu(usize::MAX, |_| ()),
+            Err(RemoteError::NoSuchCpu)
+        );
     }
 }

@@ -15,8 +15,18 @@
 //!   Set `RESTARTABLE_DISABLE=1` to never make the rseq system call.
 //! - **CPU ids** ([`current_cpu`], [`current_node`], [`current_mm_cid`],
 //!   [`possible_cpus`]): one load from the thread's area when rseq is in use.
-//! - **Per-CPU data** ([`Counter`]), built on critical sections written in
-//!   inline assembly (x86-64), with an atomic fallback everywhere else.
+//! - **Critical sections** ([`section`]): the per-CPU operations in inline
+//!   assembly (x86-64 and aarch64), with their descriptors.
+//! - **Per-CPU data structures**, safe, each with a fallback path where rseq
+//!   is unavailable:
+//!   - [`Counter`]: a sum; [`PerCpuU64`]: a word per CPU, read-modify-written;
+//!   - [`PerCpu`]: storage for any `T`, through the per-CPU lock;
+//!   - [`Stack`]: an intrusive free list of [`Node`]s, stealing when empty;
+//!   - [`Pool`]: reusable objects through bounded per-CPU caches;
+//!   - [`Buffer`]: records appended per CPU, drained by a consumer.
+//! - **The fence** ([`fence`]): how one thread works on another CPU's data
+//!   (membarrier, or migration where that is refused).
+//! - Feature `metrics`: [`Counter`] backs a counter of the `metrics` facade.
 //!
 //! ABI source: `include/uapi/linux/rseq.h` and `man 2 rseq`; see [`abi`].
 //!
@@ -47,18 +57,20 @@ mod fallback;
 pub mod fence;
 mod guard;
 pub mod inject;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod ops;
-mod pool;
 mod percpu;
 mod percpu_u64;
+mod pool;
 mod process;
 mod registration;
 pub mod section;
 mod slots;
 mod stack;
-mod table;
 pub mod stats;
 mod sys;
+mod table;
 
 pub use buffer::{Buffer, Full};
 pub use counter::Counter;
@@ -66,11 +78,11 @@ pub use cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
 pub use percpu::{PerCpu, PerCpuGuard};
-pub use pool::{Pool, Pooled};
-pub use stack::{Node, Stack};
 pub use percpu_u64::{PerCpuU64, RemoteError};
+pub use pool::{Pool, Pooled};
 pub use process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
 pub use registration::{opt_out_current_thread, registration, FallbackReason, Owner, Registration};
+pub use stack::{Node, Stack};
 
 /// True when this build has critical sections for the target architecture
 /// (x86-64 Linux today). Elsewhere every operation takes the fallback path,

@@ -425,9 +425,7 @@ mod tests {
                 s.spawn(|| {
                     // A remote walker takes slots under the workers.
                     for _ in 0..if cfg!(miri) { 2 } else { 50 } {
-                        storage
-                            .for_each(|_, p| assert_eq!(p.a, p.b))
-                            .unwrap();
+                        storage.for_each(|_, p| assert_eq!(p.a, p.b)).unwrap();
                     }
                 });
             });
@@ -444,11 +442,16 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..len.min(4) {
             let g = storage.lock();
-            assert!(held.iter().all(|h: &PerCpuGuard<'_, u64>| h.index() != g.index()));
+            assert!(held
+                .iter()
+                .all(|h: &PerCpuGuard<'_, u64>| h.index() != g.index()));
             held.push(g);
         }
         if let Some(first) = held.first() {
-            assert_eq!(storage.lock_slot(first.index()).err(), Some(RemoteError::Busy));
+            assert_eq!(
+                storage.lock_slot(first.index()).err(),
+                Some(RemoteError::Busy)
+            );
         }
         drop(held);
         *storage.lock() += 1;

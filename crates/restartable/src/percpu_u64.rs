@@ -3,10 +3,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::guard::{self, Reach};
 use crate::ops::MAX_ATTEMPTS;
 use crate::section::{Index, Order, Outcome, Thread};
 use crate::slots::Slots;
-use crate::guard::{self, Reach};
 use crate::{cpu, fence, stats};
 
 /// One CPU's word and its guard (see [`PerCpuU64`]).

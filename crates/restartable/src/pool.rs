@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::fence::FenceError;
 use crate::guard::{self, Reach};
-use crate::ops::MAX_ATTEMPTS;
+use crate::ops::{node_at, word_of, MAX_ATTEMPTS};
 use crate::section::{Id, Index, Order, Outcome, Thread};
 use crate::table::Table;
 use crate::{cpu, stats, RemoteError};
@@ -162,7 +162,7 @@ impl<T> Pool<T> {
         match address {
             // SAFETY: a cached address is a `Box<T>` that the pool owned
             // and that was unlinked by the commit (or under the guard).
-            Some(a) => Some(unsafe { Box::from_raw(a as *mut T) }),
+            Some(a) => Some(unsafe { Box::from_raw(node_at::<T>(a)) }),
             None => self.refill(),
         }
     }
@@ -178,11 +178,11 @@ impl<T> Pool<T> {
         }
         // SAFETY: addresses in the overflow list are boxes the pool owns;
         // this one left the list with the batch.
-        Some(unsafe { Box::from_raw(mine as *mut T) })
+        Some(unsafe { Box::from_raw(node_at::<T>(mine)) })
     }
 
     fn put_box(&self, object: Box<T>) {
-        let address = Box::into_raw(object) as u64;
+        let address = word_of(Box::into_raw(object));
         if let Some(t) = Thread::current() {
             if self.put_section(&t, address).is_ok() {
                 return;
@@ -324,7 +324,9 @@ impl<T> Pool<T> {
             for (place, &a) in free.iter().zip(batch) {
                 place.store(a, Ordering::Relaxed);
             }
-            cache.count.store((n + batch.len()) as u64, Ordering::Release);
+            cache
+                .count
+                .store((n + batch.len()) as u64, Ordering::Release);
             true
         })
     }
@@ -441,7 +443,7 @@ impl<T> Drop for Pool<T> {
         for address in cached.chain(overflow.into_iter().flatten()) {
             // SAFETY: `&mut self`: every cached address is a box the pool
             // owns, listed once.
-            drop(unsafe { Box::from_raw(address as *mut T) });
+            drop(unsafe { Box::from_raw(node_at::<T>(address)) });
         }
     }
 }

@@ -5,7 +5,7 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::guard::{self, Reach};
-use crate::ops::MAX_ATTEMPTS;
+use crate::ops::{node_at, word_of, MAX_ATTEMPTS};
 use crate::section::{Index, Order, Outcome, Thread};
 use crate::table::Table;
 use crate::{cpu, stats, RemoteError};
@@ -31,6 +31,7 @@ impl<T> Node<T> {
     }
 
     /// The value, dropping the node.
+    #[allow(clippy::boxed_local)] // nodes live in boxes: this is the way out
     pub fn into_inner(self: Box<Self>) -> T {
         self.value
     }
@@ -127,9 +128,8 @@ impl<T> Stack<T> {
     /// Pops from the current CPU's list only.
     pub fn pop_local(&self) -> Option<Box<Node<T>>> {
         if let Some(t) = Thread::current() {
-            match self.pop_section(&t) {
-                Ok(node) => return node,
-                Err(Fallback) => {}
+            if let Ok(node) = self.pop_section(&t) {
+                return node;
             }
         }
         let (index, slot) = self.fallback_slot()?;
@@ -205,7 +205,7 @@ impl<T> Stack<T> {
                 while at != 0 {
                     n += 1;
                     // SAFETY: `&mut self`: the lists are ours and stable.
-                    at = unsafe { (*(at as *const Node<T>)).next.load(Ordering::Relaxed) };
+                    at = unsafe { (*node_at::<Node<T>>(at)).next.load(Ordering::Relaxed) };
                 }
                 n
             })
@@ -245,7 +245,7 @@ impl<T> Stack<T> {
                         head,
                         slot.guard.as_ptr(),
                         0,
-                        first as u64,
+                        word_of(first),
                     )
                 };
                 match outcome {
@@ -266,8 +266,12 @@ impl<T> Stack<T> {
         };
         self.guarded(slot, index, |head| {
             // SAFETY: the chain is ours; the list is ours under the guard.
-            unsafe { (*last).next.store(head.load(Ordering::Relaxed), Ordering::Relaxed) };
-            head.store(first as u64, Ordering::Release);
+            unsafe {
+                (*last)
+                    .next
+                    .store(head.load(Ordering::Relaxed), Ordering::Relaxed)
+            };
+            head.store(word_of(first), Ordering::Release);
         });
     }
 
@@ -298,7 +302,7 @@ impl<T> Stack<T> {
                     // Pairs with the pusher's release commit.
                     core::sync::atomic::fence(Ordering::Acquire);
                     // SAFETY: unlinked by our commit: ours, from Box::into_raw.
-                    return Ok(Some(unsafe { Box::from_raw(node as *mut Node<T>) }));
+                    return Ok(Some(unsafe { Box::from_raw(node_at::<Node<T>>(node)) }));
                 }
                 Outcome::CompareFailed { which: 0, .. } => return Ok(None),
                 Outcome::CompareFailed { .. } => std::thread::yield_now(),
@@ -358,9 +362,10 @@ impl<T> Stack<T> {
     #[cold]
     fn steal(&self) -> Option<Box<Node<T>>> {
         let here = cpu::fold(cpu::raw_cpu(), self.slots.len());
-        let victims = self.slots.iter().filter(|&(i, s)| {
-            i != here && s.head.load(Ordering::Relaxed) != 0
-        });
+        let victims = self
+            .slots
+            .iter()
+            .filter(|&(i, s)| i != here && s.head.load(Ordering::Relaxed) != 0);
         for (cpu, slot) in victims {
             // SAFETY: the list is ours under the guard.
             let taken = self.guarded_on(slot, cpu, |head| unsafe { take(head, STEAL_BATCH) });
@@ -379,7 +384,9 @@ impl<T> Stack<T> {
     fn fallback_slot(&self) -> Option<(usize, &Slot)> {
         stats::record_fallback(Thread::current().is_some());
         let index = cpu::fold(cpu::raw_cpu(), self.slots.len());
-        self.slots.get_or_init(index, Slot::default).map(|s| (index, s))
+        self.slots
+            .get_or_init(index, Slot::default)
+            .map(|s| (index, s))
     }
 
     /// `f` on the head of `slot` under its guard, waiting while no fence
@@ -413,20 +420,23 @@ struct Fallback;
 /// A chain's first and last node.
 type Chain<T> = (*mut Node<T>, *mut Node<T>);
 
+/// Nodes taken from a list: the first, and the chain of the others.
+type Taken<T> = Option<(Box<Node<T>>, Option<Chain<T>>)>;
+
 /// Unlinks up to `n` (>= 1) nodes from the top of `head`: the first as a
 /// box, and the others (if any) as a chain.
 ///
 /// # Safety
 /// The caller owns the list (guard held, CPU fenced).
-unsafe fn take<T>(head: &AtomicU64, n: usize) -> Option<(Box<Node<T>>, Option<Chain<T>>)> {
-    let first = head.load(Ordering::Relaxed) as *mut Node<T>;
+unsafe fn take<T>(head: &AtomicU64, n: usize) -> Taken<T> {
+    let first = node_at::<Node<T>>(head.load(Ordering::Relaxed));
     if first.is_null() {
         return None;
     }
     let mut last = first;
     for _ in 1..n {
         // SAFETY: nodes on the list are live.
-        let next = unsafe { (*last).next.load(Ordering::Relaxed) } as *mut Node<T>;
+        let next = node_at::<Node<T>>(unsafe { (*last).next.load(Ordering::Relaxed) });
         if next.is_null() {
             break;
         }
@@ -436,7 +446,7 @@ unsafe fn take<T>(head: &AtomicU64, n: usize) -> Option<(Box<Node<T>>, Option<Ch
     let rest_head = unsafe { (*last).next.swap(0, Ordering::Relaxed) };
     head.store(rest_head, Ordering::Relaxed);
     // SAFETY: `first` is live and now unlinked.
-    let second = unsafe { (*first).next.swap(0, Ordering::Relaxed) } as *mut Node<T>;
+    let second = node_at::<Node<T>>(unsafe { (*first).next.swap(0, Ordering::Relaxed) });
     // SAFETY: unlinked above: ours, from Box::into_raw.
     let first = unsafe { Box::from_raw(first) };
     Some((first, (!second.is_null()).then_some((second, last))))
@@ -450,7 +460,7 @@ unsafe fn collect<T>(mut at: u64) -> Vec<Box<Node<T>>> {
     let mut nodes = Vec::new();
     while at != 0 {
         // SAFETY: a live node of the caller's chain, from Box::into_raw.
-        let node = unsafe { Box::from_raw(at as *mut Node<T>) };
+        let node = unsafe { Box::from_raw(node_at::<Node<T>>(at)) };
         at = node.next.swap(0, Ordering::Relaxed);
         nodes.push(node);
     }
@@ -526,7 +536,12 @@ mod tests {
             });
         });
         assert_eq!(stack.len(), nodes);
-        let mut seen: Vec<usize> = stack.pop_all_cpus().unwrap().into_iter().map(|n| **n).collect();
+        let mut seen: Vec<usize> = stack
+            .pop_all_cpus()
+            .unwrap()
+            .into_iter()
+            .map(|n| **n)
+            .collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..nodes).collect::<Vec<_>>());
         assert!(stack.is_empty());

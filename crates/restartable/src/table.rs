@@ -57,10 +57,12 @@ impl<T> Table<T> {
         let fresh = Box::into_raw(fresh) as *mut AtomicPtr<Padded<T>>;
         // Every racer stores the same length before publishing.
         self.len.store(len, Ordering::Relaxed);
-        match self
-            .slots
-            .compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match self.slots.compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => fresh,
             Err(winner) => {
                 // SAFETY: we lost the race, so `fresh` was never shared.
@@ -113,14 +115,22 @@ impl<T> Table<T> {
     /// The slots that exist, with their indices.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         let array = self.slots.load(Ordering::Acquire);
-        let len = if array.is_null() { 0 } else { self.len.load(Ordering::Relaxed) };
+        let len = if array.is_null() {
+            0
+        } else {
+            self.len.load(Ordering::Relaxed)
+        };
         (0..len).filter_map(move |i| self.get(i).map(|s| (i, s)))
     }
 
     /// The slots that exist, mutably.
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
         let array = *self.slots.get_mut();
-        let len = if array.is_null() { 0 } else { *self.len.get_mut() };
+        let len = if array.is_null() {
+            0
+        } else {
+            *self.len.get_mut()
+        };
         // SAFETY: the array of `len` pointers is ours (`&mut self`).
         let cells: &mut [AtomicPtr<Padded<T>>] = match len {
             0 => &mut [],
@@ -173,6 +183,9 @@ mod tests {
         for (_, v) in table.iter_mut() {
             *v += 1;
         }
-        assert_eq!(table.iter().map(|(i, v)| (i, *v)).collect::<Vec<_>>(), [(0, 8)]);
+        assert_eq!(
+            table.iter().map(|(i, v)| (i, *v)).collect::<Vec<_>>(),
+            [(0, 8)]
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! check at the end is exact. In the style of the kernel's rseq selftests
 //! (RSEQ_NOTES §6).
 
+pub mod managed;
 pub mod percpu;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use restartable::{Counter, PerCpuU64};
 use serde::Serialize;
 
 use crate::signals;
+use managed::Managed;
 use percpu::Structure;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -39,6 +41,18 @@ pub enum Mode {
     /// The library's `PerCpuU64` (fetch-update and compare-store through a
     /// guarded section; works on the fallback path too, mixed with rseq).
     FetchUpdate,
+    /// The library's `PerCpu` (two counters under the per-CPU lock) while a
+    /// manager thread swaps every slot out through the fence.
+    Percpu,
+    /// The library's `Stack` free list (pop with stealing, push, pop-all)
+    /// while a manager takes every CPU's list through the fence.
+    Stack,
+    /// The library's `Pool` (small caches that spill and refill) while a
+    /// manager flushes every cache through the fence.
+    Pool,
+    /// The library's `Buffer`: producers append records while a manager
+    /// drains every CPU's buffer through the fence.
+    Drain,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -107,6 +121,9 @@ struct Report {
     /// Rounds of 16 aborted attempts the test structures went through
     /// before trying again (they have no fallback path).
     rounds_exhausted: u64,
+    /// Rounds of remote work (through the fence) the manager thread did
+    /// while the workers ran (modes percpu, stack, pool, drain).
+    manager_rounds: Option<u64>,
 }
 
 /// The counter the signal handler adds to (and the `counter` mode uses).
@@ -230,12 +247,57 @@ fn run_workers(
 /// `--order` and has no fallback).
 fn raw_sections(mode: Mode) -> bool {
     !matches!(mode, Mode::Counter | Mode::Churn | Mode::FetchUpdate)
+        && managed(mode, 1, 1, false).is_none()
+}
+
+/// The library structure a managed mode stresses.
+fn managed(mode: Mode, threads: u64, ops: u64, by_mm_cid: bool) -> Option<Box<dyn Managed>> {
+    let items = (16 * restartable::possible_cpus() as u64).max(threads * 2);
+    Some(match mode {
+        Mode::Percpu => Box::new(managed::Storage::new(by_mm_cid)),
+        Mode::Stack => Box::new(managed::FreeList::new(items)),
+        Mode::Pool => Box::new(managed::Objects::new()),
+        Mode::Drain => Box::new(managed::Records::new(threads, ops)),
+        _ => return None,
+    })
+}
+
+/// Runs the workers while a manager thread does remote work in a loop;
+/// returns the manager's rounds.
+fn run_managed(
+    threads: u64,
+    opts: &Options,
+    paths: &Paths,
+    structure: &dyn Managed,
+) -> Result<u64, String> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let manager = std::thread::Builder::new()
+            .spawn_scoped(s, || -> Result<u64, String> {
+                let mut rounds = 0;
+                while !done.load(Ordering::Relaxed) {
+                    structure.manage()?;
+                    rounds += 1;
+                    std::thread::yield_now();
+                }
+                Ok(rounds)
+            })
+            .map_err(|e| format!("cannot start the manager thread: {e}"))?;
+        let workers = run_workers(threads, opts, paths, &|| structure.op());
+        done.store(true, Ordering::Relaxed);
+        let rounds = manager
+            .join()
+            .unwrap_or_else(|_| Err("manager panicked".to_owned()));
+        workers?;
+        rounds
+    })
 }
 
 fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
     let items = (16 * restartable::possible_cpus()).max(threads as usize * 2);
     Some(match mode {
         Mode::Counter | Mode::Churn | Mode::FetchUpdate => return None,
+        Mode::Percpu | Mode::Stack | Mode::Pool | Mode::Drain => return None,
         Mode::Increment => Box::new(percpu::Increment::new()),
         Mode::Spinlock => Box::new(percpu::Spinlock::new()),
         Mode::List => Box::new(percpu::List::new(items)),
@@ -296,6 +358,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         reason: Mutex::new(None),
     };
     let default_threads = 6 * restartable::online_cpus() as u64;
+    let mut manager_rounds = None;
     let (threads, ops_done, check) = match opts.mode {
         Mode::Counter => {
             let threads = opts.threads.map_or(default_threads, u64::from);
@@ -337,6 +400,15 @@ pub fn run(opts: Options) -> Result<(), String> {
             };
             (threads, ops, Some(check))
         }
+        Mode::Percpu | Mode::Stack | Mode::Pool | Mode::Drain => {
+            let threads = opts.threads.map_or(default_threads, u64::from);
+            let by_mm_cid = opts.index == IndexArg::MmCid;
+            let mut s = managed(opts.mode, threads, opts.ops, by_mm_cid)
+                .ok_or("no structure for this mode")?;
+            manager_rounds = Some(run_managed(threads, &opts, &paths, &*s)?);
+            let ops = threads * opts.ops;
+            (threads, ops, Some(s.verify(ops)))
+        }
         Mode::Churn => {
             let threads = opts.threads.map_or(4000, u64::from);
             // At most 64 alive at once, so thread creation dominates.
@@ -361,7 +433,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         mode => {
             if opts.skip_registration > 0 {
                 return Err(format!(
-                    "mode {mode:?} drives raw critical sections and has no fallback; --skip-registration works with counter and fetch-update"
+                    "mode {mode:?} drives raw critical sections and has no fallback; --skip-registration works with counter, fetch-update, percpu, stack, pool and drain"
                 ));
             }
             let threads = opts.threads.map_or(default_threads, u64::from);
@@ -406,7 +478,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let report = Report {
         mode: Some(opts.mode),
         // Only the raw-section modes choose the index and the commit order.
-        index: raw_sections(opts.mode).then_some(opts.index),
+        index: (raw_sections(opts.mode) || opts.mode == Mode::Percpu).then_some(opts.index),
         order: raw_sections(opts.mode).then_some(opts.order),
         threads,
         ops: ops_done,
@@ -434,6 +506,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         fallback_ops: stats.map(|s| s.fallback_ops),
         retries_exhausted: stats.map(|s| s.retries_exhausted),
         rounds_exhausted: exhausted,
+        manager_rounds,
     };
     if opts.json {
         println!(
@@ -459,6 +532,12 @@ pub fn run(opts: Options) -> Result<(), String> {
             if report.exact { "exact" } else { "MISMATCH" }
         );
         println!("check: {}", report.check);
+        if let Some(rounds) = report.manager_rounds {
+            println!(
+                "manager: {rounds} rounds of remote work through the fence ({})",
+                report.fence
+            );
+        }
         if let Some(why) = &report.fallback_reason {
             println!("fallback reason: {why}");
         }

@@ -377,6 +377,7 @@ pub(crate) unsafe fn add<const ID: usize, const RELEASE: bool>(
 /// # Safety
 /// As the x86-64 version.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
     area: *const Rseq,
     cpu: u32,

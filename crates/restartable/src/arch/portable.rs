@@ -59,6 +59,7 @@ pub(crate) unsafe fn add<const ID: usize, const RELEASE: bool>(
 /// # Safety
 /// None; it touches no memory.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
     _: *const Rseq,
     _: u32,

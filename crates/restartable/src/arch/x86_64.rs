@@ -370,6 +370,7 @@ pub(crate) unsafe fn add<const ID: usize, const RELEASE: bool>(
 /// As [`compare_store`]; in addition every node reachable from `*v` is
 /// valid for a read of the `u64` at `offset`, and `out` for a write.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn pop<const ID: usize, const RELEASE: bool>(
     area: *const Rseq,
     cpu: u32,
