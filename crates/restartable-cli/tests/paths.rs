@@ -216,3 +216,67 @@ fn thread_churn_counts_exactly() {
     }
     assert_eq!(report["sum"], 3000);
 }
+
+/// The library's structures with a manager thread, on the fallback path
+/// (seccomp ENOSYS: nothing registers), exact.
+#[test]
+fn library_structures_are_exact_on_the_fallback_path() {
+    for mode in ["fetch-update", "percpu", "stack", "pool", "drain"] {
+        let mut cmd = restartable(&[
+            "stress",
+            mode,
+            "--ops",
+            "4000",
+            "--yield-every",
+            "37",
+            "--json",
+        ]);
+        with_rseq_filter(&mut cmd, SeccompAction::Errno(libc::ENOSYS as u32));
+        let report = json_of(&mut cmd);
+        check_stress(
+            &report,
+            &format!("{mode} seccomp ENOSYS"),
+            "fallback",
+            "none",
+        );
+        assert!(
+            report["manager_rounds"].as_u64().unwrap_or(1) > 0,
+            "{report}"
+        );
+    }
+}
+
+/// Under valgrind (which refuses rseq) the structures' fallback paths run
+/// with every memory access checked: a use after free or a leak of a
+/// node, object or record fails the run.
+#[test]
+fn library_structures_are_clean_under_valgrind() {
+    for mode in ["percpu", "stack", "pool", "drain"] {
+        let out = std::process::Command::new("valgrind")
+            .args([
+                "--quiet",
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+                BIN,
+            ])
+            .args([
+                "stress",
+                mode,
+                "--threads",
+                "4",
+                "--ops",
+                "500",
+                "--signal-us",
+                "0",
+                "--json",
+            ])
+            .env_remove("RESTARTABLE_DISABLE")
+            .env_remove("GLIBC_TUNABLES")
+            .output()
+            .expect("valgrind is required by this test (scripts/test.sh installs it)");
+        assert_success(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        check_stress(&report, &format!("{mode} valgrind"), "fallback", "none");
+    }
+}

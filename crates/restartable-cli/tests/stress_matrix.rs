@@ -18,6 +18,21 @@ const MODES: &[&str] = &[
     "memcpy",
     "deref-add",
     "counter",
+    "percpu",
+    "stack",
+    "pool",
+    "drain",
+];
+
+/// The modes on library structures with a fallback path (and, but for
+/// `counter` and `fetch-update`, a manager thread working through the fence).
+const LIBRARY_MODES: &[&str] = &[
+    "counter",
+    "fetch-update",
+    "percpu",
+    "stack",
+    "pool",
+    "drain",
 ];
 
 /// Whether the binary was built with delay loops (`inject`).
@@ -120,7 +135,16 @@ fn each_injection_point_alone() {
     }
     for point in 0..4 {
         let inject = format!("{point}=300");
-        for mode in ["list", "buffer", "memcpy", "spinlock", "increment"] {
+        for mode in [
+            "list",
+            "buffer",
+            "memcpy",
+            "spinlock",
+            "increment",
+            "stack",
+            "pool",
+            "drain",
+        ] {
             stress(mode, &["--inject", &inject], &[], "libc");
         }
     }
@@ -174,7 +198,7 @@ fn threads_that_skip_registration_mix_with_rseq_threads() {
     } else {
         &[]
     };
-    for mode in ["counter", "fetch-update"] {
+    for mode in LIBRARY_MODES {
         for env in [&[][..], &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")][..]] {
             let mut args = vec![
                 "stress",
@@ -223,10 +247,17 @@ fn the_migration_fence_reaches_cpus_outside_the_callers_affinity() {
     // membarrier refused: the fallback paths fence by migrating. Workers are
     // pinned, so each fence targets a CPU outside the fencing thread's own
     // affinity.
-    for extra in [&["--skip-registration", "3"][..], &[][..]] {
+    let cases = [
+        ("fetch-update", &["--skip-registration", "3"][..]),
+        ("fetch-update", &[][..]),
+        ("percpu", &["--skip-registration", "3"][..]),
+        ("stack", &[][..]),
+        ("drain", &["--skip-registration", "3"][..]),
+    ];
+    for (mode, extra) in cases {
         let mut args = vec![
             "stress",
-            "fetch-update",
+            mode,
             "--ops",
             "4000",
             "--threads",
@@ -243,7 +274,7 @@ fn the_migration_fence_reaches_cpus_outside_the_callers_affinity() {
         );
         let report = json_of(&mut cmd);
         println!(
-            "[matrix] migration fence {extra:?}: {} path={}",
+            "[matrix] migration fence {mode} {extra:?}: {} path={}",
             report["check"], report["path"]
         );
         assert_eq!(report["fence"], "migration", "{report}");

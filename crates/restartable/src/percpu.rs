@@ -133,6 +133,11 @@ impl<T> PerCpu<T> {
         self.slots.len()
     }
 
+    /// The slots allocated so far: one for each index some thread used.
+    pub fn slots_in_use(&self) -> usize {
+        self.slots.iter().count()
+    }
+
     /// False: there is always at least one slot index.
     pub fn is_empty(&self) -> bool {
         false
@@ -381,7 +386,7 @@ impl<T> core::fmt::Debug for PerCpu<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PerCpu")
             .field("index", &self.by)
-            .field("slots_in_use", &self.slots.iter().count())
+            .field("slots_in_use", &self.slots_in_use())
             .finish()
     }
 }
