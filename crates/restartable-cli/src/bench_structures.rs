@@ -154,10 +154,9 @@ struct Row {
     /// Record buffer: pushes that found the structure full, yielded and
     /// retried (null for object reuse).
     full: Option<u64>,
-    /// Each baseline of the group (by name): its Mops/s over this
-    /// variant's at the same thread count, i.e. the time per operation of
-    /// all threads together, this variant's over the baseline's (below 1:
-    /// this variant is faster).
+    /// Each baseline of the group (by name): this variant's Mops/s over
+    /// the baseline's at the same thread count (above 1: this variant is
+    /// faster).
     vs: BTreeMap<&'static str, f64>,
     /// The fastest baseline of the group at this thread count, not counting
     /// the thread-local floor.
@@ -594,17 +593,13 @@ fn measure_records(
 
 // ---------------------------------------------------------------------------
 
-/// What the ratios compare: the time per operation of all threads together
-/// (1 / throughput), in ns. Not `ns_per_op`, the mean over threads of each
-/// thread's time per operation: with more threads than CPUs, or the
-/// consumer thread competing for a CPU, threads get unequal shares of CPU
-/// time, and that mean can rank two variants opposite to their throughput.
-fn system_ns(m: &Measured) -> f64 {
-    if m.mops > 0.0 {
-        1e3 / m.mops
-    } else {
-        f64::INFINITY
-    }
+/// What the ratios compare: throughput of all threads together. Not
+/// `ns_per_op`, the mean over threads of each thread's time per operation:
+/// with more threads than CPUs, or the consumer thread competing for a CPU,
+/// threads get unequal shares of CPU time, and that mean can rank two
+/// variants opposite to their throughput.
+fn throughput(m: &Measured) -> f64 {
+    m.mops
 }
 
 pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Result<(), String> {
@@ -644,7 +639,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Res
     let baselines: Vec<Variant> = variants.iter().copied().filter(|v| !v.ours()).collect();
     let vs: Vec<(Variant, Vec<Option<f64>>)> = baselines
         .iter()
-        .map(|&b| (b, measure::ratios_of(&measured, |_| b, system_ns)))
+        .map(|&b| (b, measure::ratios_of(&measured, |_| b, throughput)))
         .collect();
     let rows: Vec<Row> = measured
         .iter()
@@ -655,12 +650,12 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Res
                 .filter(|(b, _)| b.group() == v.group())
                 .filter_map(|(b, r)| Some((b.name(), r[i]?)))
                 .collect();
-            // The fastest baseline is the one this variant's ratio is highest against.
+            // The fastest baseline is the one this variant's speedup is lowest against.
             let best = baselines
                 .iter()
                 .filter(|b| b.group() == v.group() && b.shares())
                 .filter_map(|b| Some((*b, *vs.get(b.name())?)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
+                .min_by(|a, b| a.1.total_cmp(&b.1));
             Row {
                 variant: v,
                 group: v.group(),
@@ -724,14 +719,14 @@ fn print_text(rows: &[Row], groups: &[Group], baselines: &[Variant]) {
         let columns: Vec<String> = baselines
             .iter()
             .filter(|b| b.group() == group)
-            .map(|b| format!("x {}", b.name()))
+            .map(|b| format!("vs {}", b.name()))
             .collect();
         let names: Vec<&str> = columns.iter().map(String::as_str).collect();
         let table: Vec<RatiosRow> = rows
             .iter()
             .filter(|r| r.group == group)
             .map(|r| {
-                let xs = names.iter().map(|c| r.vs.get(&c[2..]).copied()).collect();
+                let xs = names.iter().map(|c| r.vs.get(&c[3..]).copied()).collect();
                 (
                     r.variant.name(),
                     r.threads,
@@ -770,7 +765,7 @@ fn print_text(rows: &[Row], groups: &[Group], baselines: &[Variant]) {
         }
     }
     println!();
-    println!("x NAME: NAME's Mops/s over this variant's at the same thread count (so below 1 means this variant is faster); from throughput rather than ns/op/thread, which threads' unequal shares of the CPUs skew.");
+    println!("vs NAME: this variant's Mops/s over NAME's at the same thread count (above 1: this variant is faster); from throughput rather than ns/op/thread, which threads' unequal shares of the CPUs skew.");
 }
 
 fn chart_title() -> String {
