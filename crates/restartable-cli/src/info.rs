@@ -13,6 +13,9 @@ struct Info {
     possible_cpus: usize,
     online_cpus: usize,
     membarrier_rseq: bool,
+    /// How remote work fences other CPUs: "membarrier", "migration", or
+    /// "unavailable: ..." when neither is allowed.
+    fence: String,
     fallback_reason: Option<String>,
     critical_sections: bool,
     kernel: Option<String>,
@@ -38,6 +41,11 @@ fn gather() -> Info {
         possible_cpus: restartable::possible_cpus(),
         online_cpus: restartable::online_cpus(),
         membarrier_rseq: restartable::fence::rseq_fence_supported(),
+        fence: match restartable::fence::status() {
+            Ok(restartable::fence::Method::Membarrier) => "membarrier".to_owned(),
+            Ok(restartable::fence::Method::Migration) => "migration".to_owned(),
+            Err(e) => format!("unavailable: {e}"),
+        },
         fallback_reason: reg.fallback.map(|r| r.to_string()),
         critical_sections: restartable::HAS_CRITICAL_SECTIONS,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -138,5 +146,6 @@ pub fn run(json: bool) -> Result<(), String> {
         "membarrier rseq     {} (the fence for acting on another CPU's data)",
         yes_no(info.membarrier_rseq)
     );
+    println!("fence method        {}", info.fence);
     Ok(())
 }

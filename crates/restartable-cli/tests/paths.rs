@@ -280,3 +280,50 @@ fn library_structures_are_clean_under_valgrind() {
         check_stress(&report, &format!("{mode} valgrind"), "fallback", "none");
     }
 }
+
+/// The fence's status: membarrier here; migration when seccomp refuses
+/// membarrier; unavailable when it also refuses `sched_setaffinity`, and
+/// then remote work fails with a clear error instead of hanging.
+#[test]
+fn the_fence_reports_its_method_and_fails_clearly_without_one() {
+    let info = json_of(&mut restartable(&["info", "--json"]));
+    println!("[paths] fence: {}", info["fence"]);
+    assert!(
+        info["fence"] == "membarrier" || info["fence"] == "migration",
+        "{info}"
+    );
+
+    let mut cmd = restartable(&["info", "--json"]);
+    with_syscall_filter(
+        &mut cmd,
+        libc::SYS_membarrier,
+        SeccompAction::Errno(libc::EPERM as u32),
+    );
+    assert_eq!(json_of(&mut cmd)["fence"], "migration");
+
+    let refuse_both = |cmd: &mut std::process::Command| {
+        with_syscalls_filter(
+            cmd,
+            &[libc::SYS_membarrier, libc::SYS_sched_setaffinity],
+            SeccompAction::Errno(libc::EPERM as u32),
+        )
+    };
+    let mut cmd = restartable(&["info", "--json"]);
+    refuse_both(&mut cmd);
+    let info = json_of(&mut cmd);
+    assert!(
+        info["fence"].as_str().unwrap().starts_with("unavailable"),
+        "{info}"
+    );
+
+    if info["rseq_available"] == true {
+        // Sections run, so the manager's remote work needs a fence.
+        let mut cmd = restartable(&["stress", "percpu", "--ops", "2000", "--timeout", "60"]);
+        refuse_both(&mut cmd);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("[paths] percpu without any fence: {}", stderr.trim());
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no rseq fence"), "{stderr}");
+    }
+}

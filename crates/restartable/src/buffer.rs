@@ -83,7 +83,18 @@ pub struct Buffer<T> {
 impl<T: Copy> Buffer<T> {
     /// Buffers of `capacity` records per CPU (0 makes every push fail),
     /// allocated when a CPU first pushes.
+    ///
+    /// # Panics
+    /// When `capacity * size_of::<T>()` exceeds `isize::MAX` bytes (as
+    /// `Vec::with_capacity` does); in a `const` context, at compile time.
     pub const fn new(capacity: usize) -> Self {
+        assert!(
+            match capacity.checked_mul(size_of::<T>()) {
+                Some(bytes) => bytes <= isize::MAX as usize,
+                None => false,
+            },
+            "Buffer::new: capacity * size_of::<T>() exceeds isize::MAX bytes"
+        );
         Buffer {
             slots: Table::new(),
             capacity,

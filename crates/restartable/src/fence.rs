@@ -87,6 +87,29 @@ pub fn method() -> Method {
     }
 }
 
+/// Whether this process can fence, and how: [`method`], and for
+/// [`Method::Migration`] a check that `sched_setaffinity` is allowed (the
+/// calling thread re-applies its own affinity).
+///
+/// # Errors
+/// [`FenceError::Unavailable`] when membarrier's rseq command is missing or
+/// refused and so is `sched_setaffinity`: fences fail, remote operations
+/// return errors, and fallback paths of the structures wait while other
+/// threads run sections.
+pub fn status() -> Result<Method, FenceError> {
+    match method() {
+        Method::Membarrier => Ok(Method::Membarrier),
+        Method::Migration => {
+            let Some(mine) = sys::affinity() else {
+                return Err(FenceError::Unavailable(libc::ENOSYS));
+            };
+            sys::set_affinity(&mine)
+                .map(|()| Method::Migration)
+                .map_err(FenceError::Unavailable)
+        }
+    }
+}
+
 /// Fences CPU `cpu`: when this returns, no critical section that started
 /// on it before the call can still commit.
 ///

@@ -21,6 +21,8 @@ struct Cache {
 
 /// Default objects cached per CPU.
 const DEFAULT_CACHE: usize = 64;
+/// The largest per-CPU cache (512 KiB of addresses per CPU).
+const MAX_CACHE: usize = 1 << 16;
 
 /// A pool of reusable `T`s: [`get`](Self::get) hands one out (made with
 /// the pool's constructor when none is free), and the [`Pooled`] guard
@@ -73,12 +75,12 @@ impl<T> Pool<T> {
         Self::with_cache(make, DEFAULT_CACHE)
     }
 
-    /// A pool caching up to `per_cpu` objects per CPU (at least 2; more
-    /// reach the overflow list in batches of `per_cpu / 2`).
+    /// A pool caching up to `per_cpu` objects per CPU (clamped to
+    /// 2..=65536; more reach the overflow list in batches of `per_cpu / 2`).
     pub fn with_cache(make: impl Fn() -> T + Send + Sync + 'static, per_cpu: usize) -> Self {
         Pool {
             caches: Table::new(),
-            per_cpu: per_cpu.max(2),
+            per_cpu: per_cpu.clamp(2, MAX_CACHE),
             overflow: Mutex::new(Vec::new()),
             make: Box::new(make),
         }

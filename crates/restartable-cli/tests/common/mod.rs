@@ -38,8 +38,17 @@ pub fn with_syscall_filter(
     nr: libc::c_long,
     action: seccompiler::SeccompAction,
 ) {
+    with_syscalls_filter(cmd, &[nr], action);
+}
+
+/// [`with_syscall_filter`] for several system calls.
+pub fn with_syscalls_filter(
+    cmd: &mut Command,
+    nrs: &[libc::c_long],
+    action: seccompiler::SeccompAction,
+) {
     let filter = seccompiler::SeccompFilter::new(
-        [(nr, vec![])].into_iter().collect(),
+        nrs.iter().map(|&nr| (nr, vec![])).collect(),
         seccompiler::SeccompAction::Allow,
         action,
         std::env::consts::ARCH
