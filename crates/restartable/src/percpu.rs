@@ -198,6 +198,20 @@ impl<T> PerCpu<T> {
         Ok(())
     }
 
+    /// A copy of every slot that exists, with its index, each cloned under
+    /// its lock (see [`for_each`](Self::for_each)).
+    ///
+    /// # Errors
+    /// As [`lock_slot`](Self::lock_slot).
+    pub fn snapshot(&self) -> Result<Vec<(usize, T)>, RemoteError>
+    where
+        T: Clone,
+    {
+        let mut copies = Vec::new();
+        self.for_each(|index, value| copies.push((index, value.clone())))?;
+        Ok(copies)
+    }
+
     /// Every slot that exists, with its index, without locking (`&mut self`
     /// proves no thread holds one).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
@@ -461,6 +475,8 @@ mod tests {
         drop(held);
         *storage.lock() += 1;
         assert_eq!(storage.lock_slot(len).err(), Some(RemoteError::NoSuchCpu));
+        let total: u64 = storage.snapshot().unwrap().iter().map(|(_, v)| v).sum();
+        assert_eq!(total, 1);
     }
 
     #[test]

@@ -195,6 +195,7 @@ impl<T> Pool<T> {
 
     /// The take section (copy the top address out, commit `count - 1`),
     /// retried: `Ok(None)` when the cache is empty.
+    #[inline]
     fn take_section(&self, t: &Thread) -> Result<Option<u64>, Fallback> {
         let mut aborts = 0;
         while aborts < MAX_ATTEMPTS {
@@ -230,6 +231,7 @@ impl<T> Pool<T> {
 
     /// The put section (store the address in the next place, commit
     /// `count + 1`), spilling half the cache first when it is full.
+    #[inline]
     fn put_section(&self, t: &Thread, address: u64) -> Result<(), Fallback> {
         let mut aborts = 0;
         while aborts < MAX_ATTEMPTS {
@@ -368,6 +370,7 @@ impl<T> Pool<T> {
     }
 
     /// The thread's id and its CPU's cache.
+    #[inline]
     fn current(&self, t: &Thread) -> Result<(Id, &Cache), Fallback> {
         let id = t.id(Index::Cpu).ok_or(Fallback)?;
         let cache = self.cache(id.as_usize()).ok_or(Fallback)?;
@@ -409,6 +412,7 @@ struct Fallback;
 
 /// What one attempt means for the loop: `Some` when it committed; counts
 /// aborts and yields while the cache is guarded.
+#[inline(always)]
 fn step(outcome: Outcome, aborts: &mut u32) -> Option<()> {
     match outcome {
         Outcome::Committed(()) => {
