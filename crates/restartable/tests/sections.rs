@@ -161,6 +161,66 @@ fn every_operation_in_every_flavour() {
     assert!(ran >= 2);
 }
 
+#[test]
+fn guarded_operations_stay_out_while_the_guard_is_set() {
+    let Some(t) = thread() else { return };
+    let mut ran = 0;
+    for (index, order) in FLAVOURS {
+        if t.id(index).is_none() {
+            continue;
+        }
+        let node = Node { value: 1, next: 0 };
+        let offset = std::mem::offset_of!(Node, next);
+        for guard in [7u64, 0] {
+            let mut head = &node as *const Node as u64;
+            let mut v = 3u64;
+            let mut v2 = 0u64;
+            let mut dst = [0u8; 12];
+            let src = [9u8; 12];
+            // SAFETY (all blocks below): the words are locals of this
+            // thread, touched by nothing else.
+            let popped = until_done(&t, index, |id| unsafe {
+                t.pop_guarded(id, order, &mut head, 0, offset, &guard)
+            });
+            let stored = until_done(&t, index, |id| unsafe {
+                t.store_then_store_guarded(id, order, &mut v, 3, &mut v2, 42, 4, &guard)
+            });
+            let copied = until_done(&t, index, |id| unsafe {
+                t.memcpy_then_store_guarded(
+                    id,
+                    order,
+                    &mut v2,
+                    v2,
+                    dst.as_mut_ptr(),
+                    src.as_ptr(),
+                    12,
+                    5,
+                    &guard,
+                )
+            });
+            if guard != 0 {
+                assert_eq!(popped, Outcome::CompareFailed { which: 1, seen: 7 });
+                let refused = Outcome::CompareFailed { which: 1, seen: 7 };
+                assert_eq!((stored, copied), (refused, refused));
+                assert_eq!(
+                    (head, v, v2, dst),
+                    (&node as *const Node as u64, 3, 0, [0; 12])
+                );
+            } else {
+                assert_eq!(popped, Outcome::Committed(&node as *const Node as u64));
+                assert_eq!(
+                    (stored, copied),
+                    (Outcome::Committed(()), Outcome::Committed(()))
+                );
+                assert_eq!((head, v, v2, dst), (0, 4, 5, src));
+            }
+        }
+        ran += 1;
+    }
+    println!("[sections] guarded operations: path=rseq, {ran} flavours checked");
+    assert!(ran >= 2);
+}
+
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity on this thread.
     unsafe {

@@ -31,6 +31,11 @@ fn two_cpus() -> Option<(usize, usize)> {
 
 fn path() -> String {
     let reg = registration();
+    let required = std::env::var_os("RESTARTABLE_REQUIRE_RSEQ").is_some_and(|v| v == "1");
+    assert!(
+        reg.rseq_available() || !required,
+        "rseq required but this thread takes the fallback: {reg:?}"
+    );
     format!("owner {:?}, fallback {:?}", reg.owner, reg.fallback)
 }
 
