@@ -61,7 +61,8 @@ pub(crate) fn hold<R>(
 /// Sets `guard` to this process's token, waiting (yielding) while another
 /// thread of this process holds it.
 fn acquire(guard: &AtomicU64) {
-    let me = owner_token();
+    let mut me = owner_token();
+    let mut waits = 0u32;
     loop {
         match guard.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return,
@@ -77,7 +78,16 @@ fn acquire(guard: &AtomicU64) {
                     return;
                 }
             }
-            Err(_) => std::thread::yield_now(),
+            Err(_) => {
+                waits = waits.wrapping_add(1);
+                // A long wait on our own token may mean this process is the
+                // child of a fork that ran no atfork handler (a raw clone):
+                // then the cached pid is the parent's.
+                if waits % 256 == 0 && refresh_pid() {
+                    me = owner_token();
+                }
+                std::thread::yield_now();
+            }
         }
     }
 }
@@ -92,8 +102,36 @@ thread_local! {
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 static AT_FORK: std::sync::Once = std::sync::Once::new();
 
+/// This process's id, cached: `getpid` is a system call. Refreshed after
+/// every fork by the atfork handler, and by [`refresh_pid`] for forks that
+/// skip it.
+static PID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 unsafe extern "C" fn after_fork_in_child() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
+    PID.store(sys::pid(), Ordering::Relaxed);
+}
+
+/// Re-reads the process id; true when it changed (and then the generation
+/// moved on too, so guards taken before count as another process's).
+fn refresh_pid() -> bool {
+    let now = sys::pid();
+    if PID.swap(now, Ordering::Relaxed) == now {
+        return false;
+    }
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+fn cached_pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = sys::pid();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
 }
 
 /// The value every thread of this process stores in a guard it takes: the
@@ -103,7 +141,7 @@ unsafe extern "C" fn after_fork_in_child() {
 /// parent's pid; the pid catches forks that skip atfork handlers).
 fn owner_token() -> u64 {
     AT_FORK.call_once(|| sys::at_fork_child(after_fork_in_child));
-    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(sys::pid())
+    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(cached_pid())
 }
 
 /// The calling thread's lock token: the fork generation in the high 32
