@@ -83,7 +83,7 @@ fn acquire(guard: &AtomicU64) {
                 // A long wait on our own token may mean this process is the
                 // child of a fork that ran no atfork handler (a raw clone):
                 // then the cached pid is the parent's.
-                if waits % 256 == 0 && refresh_pid() {
+                if waits.is_multiple_of(256) && refresh_pid() {
                     me = owner_token();
                 }
                 std::thread::yield_now();
