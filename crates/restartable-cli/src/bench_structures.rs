@@ -603,6 +603,12 @@ fn throughput(m: &Measured) -> f64 {
 }
 
 pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Result<(), String> {
+    if let Some(path) = &plot {
+        // Fail before the runs, not after them, if the chart cannot be
+        // written there.
+        std::fs::File::create(path)
+            .map_err(|e| format!("cannot write the chart {}: {e}", path.display()))?;
+    }
     let plan = Plan::new(args);
     let mut variants = if variants.is_empty() {
         Variant::ALL.to_vec()

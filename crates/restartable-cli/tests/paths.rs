@@ -318,12 +318,14 @@ fn the_fence_reports_its_method_and_fails_clearly_without_one() {
 
     if info["rseq_available"] == true {
         // Sections run, so the manager's remote work needs a fence.
-        let mut cmd = restartable(&["stress", "percpu", "--ops", "2000", "--timeout", "60"]);
-        refuse_both(&mut cmd);
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        println!("[paths] percpu without any fence: {}", stderr.trim());
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("no rseq fence"), "{stderr}");
+        for mode in ["percpu", "drain"] {
+            let mut cmd = restartable(&["stress", mode, "--ops", "2000", "--timeout", "60"]);
+            refuse_both(&mut cmd);
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            println!("[paths] {mode} without any fence: {}", stderr.trim());
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("no rseq fence"), "{stderr}");
+        }
     }
 }

@@ -51,6 +51,8 @@ impl core::fmt::Display for FenceError {
     }
 }
 
+impl std::error::Error for FenceError {}
+
 /// True when the kernel offers the membarrier rseq fence (reported by
 /// `membarrier(MEMBARRIER_CMD_QUERY)`); false when membarrier is missing,
 /// refused, or lacks the command.

@@ -73,10 +73,15 @@ struct Slot<T> {
 /// assert_eq!((count, total), (4, 1000));
 /// ```
 ///
-/// # Nesting
+/// # Nesting, signal handlers, fork
 /// A thread that calls `lock` again while holding a slot of the same
-/// structure gets another slot (not a deadlock); only when it already holds
-/// every slot does `lock` panic.
+/// structure gets another slot, waiting for one if none is free; two
+/// threads doing that at once can deadlock, as with any two locks.
+/// [`try_lock`](Self::try_lock) never waits: use it in signal handlers.
+/// The first use of each slot allocates it, which a signal handler must not
+/// be the one to do. After `fork`, a slot another thread held at the time is
+/// taken over by the child as it was, possibly mid-update (a `Mutex` would
+/// stay locked forever instead).
 pub struct PerCpu<T> {
     slots: Table<Slot<T>>,
     init: fn() -> T,
@@ -145,18 +150,39 @@ impl<T> PerCpu<T> {
 
     /// Locks the current CPU's (or concurrency id's) slot: one critical
     /// section, waiting while another thread holds it (one preempted while
-    /// holding it, or one that migrated away).
+    /// holding it, or one that migrated away). If this thread holds that
+    /// slot already (a nested call, or a signal handler that interrupted
+    /// the holder), it takes another slot, waiting for one if none is free.
+    ///
+    /// Like any lock: do not block while holding it (waiters spin, yielding
+    /// the CPU), and do not nest it on two threads at once, which can
+    /// deadlock as two locks taken in opposite orders do (use
+    /// [`try_lock`](Self::try_lock) where that could happen, in signal
+    /// handlers for instance).
     ///
     /// # Panics
     /// When the calling thread already holds every slot (nested `lock`
     /// calls as deep as [`len`](Self::len)).
     pub fn lock(&self) -> PerCpuGuard<'_, T> {
         if let Some(t) = Thread::current() {
-            if let Some(guard) = self.lock_local(&t) {
+            if let Local::Got(guard) = self.lock_local(&t, true) {
                 return guard;
             }
         }
-        self.lock_fallback()
+        self.lock_fallback(true)
+            .unwrap_or_else(|| panic!("PerCpu::lock: this thread already holds every slot"))
+    }
+
+    /// Locks the current CPU's slot, or another free slot, without ever
+    /// waiting for a lock another thread (or this one) holds; `None` when
+    /// every slot is locked (or no fence can be made to reach the others).
+    pub fn try_lock(&self) -> Option<PerCpuGuard<'_, T>> {
+        if let Some(t) = Thread::current() {
+            if let Local::Got(guard) = self.lock_local(&t, false) {
+                return Some(guard);
+            }
+        }
+        self.lock_fallback(false)
     }
 
     /// Runs `f` on the current CPU's slot under the lock.
@@ -165,21 +191,22 @@ impl<T> PerCpu<T> {
     }
 
     /// Locks slot `index` from any thread (the guard protocol: a fence,
-    /// microseconds).
+    /// microseconds), waiting while another thread holds it.
     ///
     /// # Errors
     /// [`RemoteError::NoSuchCpu`] when `index` is not below
-    /// [`len`](Self::len); [`RemoteError::Fence`] when no fence can be made
+    /// [`len`](Self::len); [`RemoteError::Busy`] when this thread holds that
+    /// slot already; [`RemoteError::Fence`] when no fence can be made
     /// (seccomp refusing membarrier and `sched_setaffinity`).
     pub fn lock_slot(&self, index: usize) -> Result<PerCpuGuard<'_, T>, RemoteError> {
         let slot = self
             .slots
             .get_or_init(index, || self.fresh())
             .ok_or(RemoteError::NoSuchCpu)?;
-        match self.lock_guarded(slot, index) {
-            Ok(Some(guard)) => Ok(guard),
+        match self.lock_guarded(slot, index, true) {
+            Ok(Taken::Got(guard)) => Ok(guard),
             // This thread holds it already: a second guard would alias.
-            Ok(None) => Err(RemoteError::Busy),
+            Ok(_) => Err(RemoteError::Busy),
             Err(e) => Err(RemoteError::Fence(e)),
         }
     }
@@ -235,19 +262,23 @@ impl<T> PerCpu<T> {
         }
     }
 
-    /// The section path; `None` when it should give way to the fallback
-    /// (no id, retries exhausted, the slot held by this thread).
+    /// The section path: the lock, or why not (the caller then takes the
+    /// guarded path). With `wait`, a slot held by another thread is waited
+    /// for.
     #[inline]
-    fn lock_local(&self, t: &Thread) -> Option<PerCpuGuard<'_, T>> {
+    fn lock_local(&self, t: &Thread, wait: bool) -> Local<'_, T> {
         let me = guard::thread_token();
         let mut aborts = 0;
         loop {
             let id = match self.by {
                 Index::MmCid => t.id(Index::MmCid).or_else(|| t.id(Index::Cpu)),
                 Index::Cpu => t.id(Index::Cpu),
-            }?;
+            };
+            let Some(id) = id else { return Local::GiveUp };
             let index = id.as_usize();
-            let slot = self.slots.get_or_init(index, || self.fresh())?;
+            let Some(slot) = self.slots.get_or_init(index, || self.fresh()) else {
+                return Local::GiveUp;
+            };
             // SAFETY: the lock word of this slot is written only by sections
             // indexed like this one (they check the guard first), by threads
             // holding the guard after a fence, and by the holder's release.
@@ -266,13 +297,13 @@ impl<T> PerCpu<T> {
                 Outcome::Committed(()) => {
                     // Pairs with the previous holder's release store.
                     fence(Ordering::Acquire);
-                    return Some(PerCpuGuard::new(slot, index));
+                    return Local::Got(PerCpuGuard::new(slot, index));
                 }
                 Outcome::Aborted => {
                     stats::record_abort();
                     aborts += 1;
                     if aborts >= MAX_ATTEMPTS {
-                        return None;
+                        return Local::GiveUp;
                     }
                 }
                 // This thread holds this slot (a nested call), or a thread
@@ -280,75 +311,101 @@ impl<T> PerCpu<T> {
                 Outcome::CompareFailed { which: 0, seen }
                     if guard::is_mine(seen) || guard::orphaned(seen) =>
                 {
-                    return None
+                    return Local::GiveUp
                 }
-                // Held by another thread, or guarded: it will be released.
+                // Held by another thread: it will be released.
+                Outcome::CompareFailed { which: 0, .. } if !wait => return Local::GiveUp,
+                // Held, or guarded for a moment.
                 Outcome::CompareFailed { .. } => std::thread::yield_now(),
             }
         }
     }
 
-    /// The guarded path on the slot of the CPU the thread runs on, or on
-    /// the next slot this thread does not hold.
+    /// The guarded path: first any free slot, starting with the current
+    /// CPU's, then (with `wait`) the first slot this thread does not hold,
+    /// waiting for it. `None` when nothing could be taken (without `wait`),
+    /// or when this thread holds every slot.
     #[cold]
-    fn lock_fallback(&self) -> PerCpuGuard<'_, T> {
+    fn lock_fallback(&self, wait: bool) -> Option<PerCpuGuard<'_, T>> {
         stats::record_fallback(Thread::current().is_some());
         let len = self.slots.len();
         let start = cpu::fold(cpu::raw_cpu(), len);
         loop {
-            let mut all_mine = true;
+            let mut waitable = None;
             for index in (start..len).chain(0..start) {
                 let Some(slot) = self.slots.get_or_init(index, || self.fresh()) else {
                     continue;
                 };
-                match self.lock_guarded(slot, index) {
-                    Ok(Some(guard)) => return guard,
-                    // Held by this thread: try the next slot.
-                    Ok(None) => continue,
-                    // No fence now: wait for one (documented on the type).
-                    Err(_) => {
-                        all_mine = false;
-                        std::thread::yield_now();
-                        break;
+                match self.lock_guarded(slot, index, false) {
+                    Ok(Taken::Got(guard)) => return Some(guard),
+                    Ok(Taken::Mine) => {}
+                    Ok(Taken::Busy) | Err(_) => {
+                        waitable.get_or_insert((index, slot));
                     }
                 }
             }
-            assert!(
-                !all_mine,
-                "PerCpu::lock: this thread already holds every slot"
-            );
+            if !wait {
+                return None;
+            }
+            // Every slot is locked: wait for one this thread does not hold.
+            let (index, slot) = waitable?;
+            match self.lock_guarded(slot, index, true) {
+                Ok(Taken::Got(guard)) => return Some(guard),
+                // Released and retaken meanwhile, or no fence right now
+                // (documented on the type): look again.
+                Ok(_) | Err(_) => std::thread::yield_now(),
+            }
         }
     }
 
-    /// Takes `slot`'s lock under its guard, waiting while another thread
-    /// holds it; `Ok(None)` when this thread holds it.
+    /// Takes `slot`'s lock under its guard; with `wait`, waits while
+    /// another thread holds it.
     fn lock_guarded<'a>(
         &'a self,
         slot: &'a Slot<T>,
         index: usize,
-    ) -> Result<Option<PerCpuGuard<'a, T>>, crate::fence::FenceError> {
+        wait: bool,
+    ) -> Result<Taken<'a, T>, crate::fence::FenceError> {
         let key = (self as *const Self as usize, index);
         let me = guard::thread_token();
         loop {
             let taken = guard::hold(&slot.guard, key, self.reach(index), |_| {
                 let seen = slot.lock.load(Ordering::Relaxed);
                 if seen != 0 && guard::is_mine(seen) {
-                    return Some(false);
+                    return Err(true);
                 }
                 // Sections are fenced out: only holders' releases race us.
                 let free = if guard::orphaned(seen) { seen } else { 0 };
                 slot.lock
                     .compare_exchange(free, me, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                    .then_some(true)
+                    .map(|_| ())
+                    .map_err(|_| false)
             })?;
             match taken {
-                Some(true) => return Ok(Some(PerCpuGuard::new(slot, index))),
-                Some(false) => return Ok(None),
-                None => std::thread::yield_now(),
+                Ok(()) => return Ok(Taken::Got(PerCpuGuard::new(slot, index))),
+                Err(true) => return Ok(Taken::Mine),
+                Err(false) if !wait => return Ok(Taken::Busy),
+                Err(false) => std::thread::yield_now(),
             }
         }
     }
+}
+
+/// What the section path got.
+enum Local<'a, T> {
+    Got(PerCpuGuard<'a, T>),
+    /// Take the guarded path (no id, aborts, held by this thread or by an
+    /// orphan, or held and not waiting).
+    GiveUp,
+}
+
+/// What the guarded path found.
+enum Taken<'a, T> {
+    Got(PerCpuGuard<'a, T>),
+    /// This thread holds the slot.
+    Mine,
+    /// Another thread holds it.
+    Busy,
 }
 
 impl<'a, T> PerCpuGuard<'a, T> {
@@ -442,15 +499,28 @@ mod tests {
                     });
                 }
                 s.spawn(|| {
-                    // A remote walker takes slots under the workers.
-                    for _ in 0..if cfg!(miri) { 2 } else { 50 } {
-                        storage.for_each(|_, p| assert_eq!(p.a, p.b)).unwrap();
+                    // A remote walker takes slots under the workers, many
+                    // times: without the fence its lock would race theirs.
+                    for _ in 0..if cfg!(miri) { 2 } else { 3000 } {
+                        storage
+                            .for_each(|_, p| assert_eq!(p.a, p.b, "torn update seen remotely"))
+                            .unwrap();
+                    }
+                });
+                // And one thread without rseq takes the guarded path.
+                s.spawn(|| {
+                    crate::opt_out_current_thread();
+                    for _ in 0..per_thread {
+                        let mut p = storage.lock();
+                        assert_eq!(p.a, p.b, "torn update seen on the fallback path");
+                        p.a += 1;
+                        p.b += 1;
                     }
                 });
             });
             let mut storage = storage;
             let total: u64 = storage.iter_mut().map(|(_, p)| p.a).sum();
-            assert_eq!(total, threads * per_thread);
+            assert_eq!(total, (threads + 1) * per_thread);
         }
     }
 
@@ -477,6 +547,27 @@ mod tests {
         assert_eq!(storage.lock_slot(len).err(), Some(RemoteError::NoSuchCpu));
         let total: u64 = storage.snapshot().unwrap().iter().map(|(_, v)| v).sum();
         assert_eq!(total, 1);
+    }
+
+    #[test]
+    fn try_lock_never_waits() {
+        let storage: PerCpu<u64> = PerCpu::new_by_cpu();
+        let mut held = Vec::new();
+        // Nested try_locks take free slots until there are none.
+        while let Some(g) = storage.try_lock() {
+            assert!(held
+                .iter()
+                .all(|h: &PerCpuGuard<'_, u64>| h.index() != g.index()));
+            held.push(g);
+            assert!(held.len() <= storage.len());
+        }
+        assert_eq!(held.len(), storage.len());
+        // Another thread finds every slot locked, and does not wait.
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(storage.try_lock().is_none()));
+        });
+        drop(held);
+        assert!(storage.try_lock().is_some());
     }
 
     #[test]

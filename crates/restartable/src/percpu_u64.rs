@@ -239,7 +239,14 @@ impl PerCpuU64 {
     }
 }
 
-/// Why [`PerCpuU64::fetch_update_on`] could not update.
+/// Why an operation on another CPU's data (or a slot chosen by index) could
+/// not be done: [`PerCpuU64::fetch_update_on`], [`PerCpu::lock_slot`],
+/// [`Stack::pop_all_on`], [`Pool::flush`], [`Buffer::drain`] and the like.
+///
+/// [`PerCpu::lock_slot`]: crate::PerCpu::lock_slot
+/// [`Stack::pop_all_on`]: crate::Stack::pop_all_on
+/// [`Pool::flush`]: crate::Pool::flush
+/// [`Buffer::drain`]: crate::Buffer::drain
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RemoteError {
     /// The CPU is not below [`possible_cpus`](crate::possible_cpus).
@@ -259,6 +266,8 @@ impl core::fmt::Display for RemoteError {
         }
     }
 }
+
+impl std::error::Error for RemoteError {}
 
 impl Default for PerCpuU64 {
     fn default() -> Self {

@@ -542,26 +542,44 @@ mod tests {
             },
             8,
         );
+        let done = AtomicBool::new(false);
         std::thread::scope(|s| {
-            for t in 0..threads {
-                let pool = &pool;
-                s.spawn(move || {
-                    let mut held = Vec::new();
-                    for r in 0..rounds {
-                        let o = pool.get();
-                        assert!(!o.in_use.swap(true, Ordering::Relaxed), "handed out twice");
-                        held.push(o);
-                        if (r + t) % 7 == 0 {
-                            for o in held.drain(..) {
-                                o.in_use.store(false, Ordering::Relaxed);
+            // Caches flushed under the workers, through the fence.
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    pool.flush().unwrap();
+                    std::thread::yield_now();
+                }
+            });
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let pool = &pool;
+                    s.spawn(move || {
+                        if t == 0 {
+                            // One worker on the guarded path.
+                            crate::opt_out_current_thread();
+                        }
+                        let mut held = Vec::new();
+                        for r in 0..rounds {
+                            let o = pool.get();
+                            assert!(!o.in_use.swap(true, Ordering::Relaxed), "handed out twice");
+                            held.push(o);
+                            if (r + t) % 7 == 0 {
+                                for o in held.drain(..) {
+                                    o.in_use.store(false, Ordering::Relaxed);
+                                }
                             }
                         }
-                    }
-                    for o in held.drain(..) {
-                        o.in_use.store(false, Ordering::Relaxed);
-                    }
-                });
+                        for o in held.drain(..) {
+                            o.in_use.store(false, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
             }
+            done.store(true, Ordering::Relaxed);
         });
         let made = made.load(Ordering::Relaxed) as usize;
         assert_eq!(pool.cached(), made, "objects lost");

@@ -80,6 +80,10 @@ const STEAL_BATCH: usize = 32;
 ///
 /// Order is last-in first-out per CPU; across CPUs there is none.
 ///
+/// Operations are async-signal-safe once the slot of the CPU they run on
+/// exists: the first operation on each CPU allocates it (128 bytes), which
+/// a signal handler must not be the one to do.
+///
 /// Without rseq (or after 16 aborts in a row) an operation takes the guard
 /// protocol on its CPU's list (a compare-exchange, and a fence while other
 /// threads use rseq). Memory: a pointer per possible CPU, and one 128-byte
@@ -120,7 +124,8 @@ impl<T> Stack<T> {
 
     /// Pops from the current CPU's list, or, when it is empty, steals from
     /// another CPU's. `None` when every list was empty at the time it was
-    /// looked at.
+    /// looked at, or when the others could not be reached (no fence can be
+    /// made: see [`fence::status`](crate::fence::status)).
     pub fn pop(&self) -> Option<Box<Node<T>>> {
         self.pop_local().or_else(|| self.steal())
     }
@@ -194,8 +199,8 @@ impl<T> Stack<T> {
         Ok(all)
     }
 
-    /// The number of nodes on all lists: a racy walk, for tests and
-    /// reports (`&mut self` makes it exact: see [`Drop`]).
+    /// The number of nodes on all lists (`&mut self`: no other thread is
+    /// using the stack, so the count is exact).
     pub fn len(&mut self) -> usize {
         self.slots
             .iter_mut()
@@ -499,8 +504,22 @@ unsafe impl<T: Send> Send for Stack<T> {}
 mod tests {
     use super::*;
 
+    /// Ends the process if a test has not finished in `secs` seconds: a
+    /// corrupted list can loop forever instead of failing.
+    fn watchdog(secs: u64, what: &'static str) {
+        if cfg!(miri) {
+            return;
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            eprintln!("{what}: not finished after {secs} s (a corrupted list?)");
+            std::process::abort();
+        });
+    }
+
     #[test]
     fn every_node_comes_back_exactly_once() {
+        watchdog(120, "every_node_comes_back_exactly_once");
         let threads = if cfg!(miri) { 3 } else { 8 };
         let rounds = if cfg!(miri) { 20 } else { 20_000 };
         let nodes = threads * 4;

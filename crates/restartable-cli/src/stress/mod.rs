@@ -276,7 +276,10 @@ fn run_managed(
             .spawn_scoped(s, || -> Result<u64, String> {
                 let mut rounds = 0;
                 while !done.load(Ordering::Relaxed) {
-                    structure.manage()?;
+                    if let Err(e) = structure.manage() {
+                        structure.stop();
+                        return Err(e);
+                    }
                     rounds += 1;
                     std::thread::yield_now();
                 }
