@@ -168,10 +168,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
         })
         .collect();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
+        measure::print_json(&rows)?;
     } else {
         let reg = restartable::registration();
         println!(

@@ -332,10 +332,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
         })
         .collect();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
+        measure::print_json(&rows)?;
     } else {
         println!("restartable bench ops: {} online CPUs; each row compared with the section of its group", restartable::online_cpus());
         let table: Vec<TableRow> = rows

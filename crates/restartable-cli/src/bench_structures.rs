@@ -681,10 +681,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Res
         .filter(|g| variants.iter().any(|v| v.group() == *g))
         .collect();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
+        measure::print_json(&rows)?;
     } else {
         print_text(&rows, &groups, &baselines);
     }

@@ -100,6 +100,13 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Measured {
     }
 }
 
+/// Prints benchmark rows as one pretty JSON array (`--json`).
+pub fn print_json<R: serde::Serialize>(rows: &[R]) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
 /// The options every benchmark of the command shares.
 #[derive(clap::Args)]
 pub struct RunArgs {

@@ -283,14 +283,13 @@ impl<T> PerCpu<T> {
             // indexed like this one (they check the guard first), by threads
             // holding the guard after a fence, and by the holder's release.
             let outcome = unsafe {
-                t.compare2_store(
+                t.compare_store_guarded(
                     id,
                     Order::Relaxed,
                     slot.lock.as_ptr(),
                     0,
-                    slot.guard.as_ptr(),
-                    0,
                     me,
+                    slot.guard.as_ptr(),
                 )
             };
             match outcome {

@@ -166,14 +166,13 @@ impl PerCpuU64 {
                 let new = f(old)?;
                 // SAFETY: as in `fetch_update`.
                 let outcome = unsafe {
-                    t.compare2_store(
+                    t.compare_store_guarded(
                         id,
                         Order::Release,
                         slot.value.as_ptr(),
                         old,
-                        slot.guard.as_ptr(),
-                        0,
                         new,
+                        slot.guard.as_ptr(),
                     )
                 };
                 match outcome {

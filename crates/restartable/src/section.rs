@@ -18,12 +18,12 @@
 //! | [`store_then_store`](Thread::store_then_store) | if `*v == expect`: `*v2 = new2`, then `*v = new` | `load_cbne_store_store` |
 //! | [`memcpy_then_store`](Thread::memcpy_then_store) | if `*v == expect`: copy `len` bytes, then `*v = new` | `load_cbne_memcpy_store` |
 //!
-//! `pop`, `store_then_store` and `memcpy_then_store` also come *guarded*
-//! (`pop_guarded`, ...): the section first reads a guard word (acquire) and
-//! fails with `CompareFailed { which: 1 }` unless it is 0, which is how a
-//! thread on another CPU, or one without rseq, keeps sections out of data it
-//! works on (set the guard, then [`fence`](crate::fence)). `compare2_store`
-//! with `expect2 = 0` is the guarded `compare_store`.
+//! `compare_store`, `pop`, `store_then_store` and `memcpy_then_store` also
+//! come *guarded* (`compare_store_guarded`, `pop_guarded`, ...): the section
+//! first reads a guard word (acquire) and fails with
+//! `CompareFailed { which: 1 }` unless it is 0, which is how a thread on
+//! another CPU, or one without rseq, keeps sections out of data it works on
+//! (set the guard, then [`fence`](crate::fence)).
 //!
 //! # Safety contract of every operation
 //!
@@ -258,6 +258,28 @@ impl Thread {
             )
         };
         outcome(self.area, attempt, || (), seen)
+    }
+
+    /// [`compare_store`](Self::compare_store) that first checks a guard
+    /// word: if `*guard != 0`, `CompareFailed { which: 1, .. }` and nothing
+    /// is stored. The same section as [`compare2_store`](Self::compare2_store)
+    /// with `v2 = guard` and `expect2 = 0`.
+    ///
+    /// # Safety
+    /// As [`compare_store`](Self::compare_store); `guard` is valid for an
+    /// aligned `u64` read.
+    #[inline(always)]
+    pub unsafe fn compare_store_guarded(
+        &self,
+        id: Id,
+        order: Order,
+        v: *mut u64,
+        expect: u64,
+        new: u64,
+        guard: *const u64,
+    ) -> Outcome {
+        // SAFETY: the caller's contract.
+        unsafe { self.compare2_store(id, order, v, expect, guard, 0, new) }
     }
 
     /// `*v += count` (wrapping).

@@ -243,14 +243,13 @@ impl<T> Stack<T> {
                 // (which check the guard) and by guard holders after a
                 // fence; the release commit publishes the nodes' contents.
                 let outcome = unsafe {
-                    t.compare2_store(
+                    t.compare_store_guarded(
                         id,
                         Order::Release,
                         slot.head.as_ptr(),
                         head,
-                        slot.guard.as_ptr(),
-                        0,
                         word_of(first),
+                        slot.guard.as_ptr(),
                     )
                 };
                 match outcome {
@@ -336,14 +335,13 @@ impl<T> Stack<T> {
             }
             // SAFETY: as in `push_chain`; committing 0 publishes nothing.
             let outcome = unsafe {
-                t.compare2_store(
+                t.compare_store_guarded(
                     id,
                     Order::Relaxed,
                     slot.head.as_ptr(),
                     head,
+                    0,
                     slot.guard.as_ptr(),
-                    0,
-                    0,
                 )
             };
             match outcome {
