@@ -49,7 +49,8 @@ pub enum Variant {
     /// substitute for a shared pool; it shows what no sharing costs.
     ThreadLocal,
     /// `restartable::Buffer<[u64; 2]>` (per-CPU capacity 1024): `push`;
-    /// the consumer calls `drain`.
+    /// the consumer calls `drain` once half a CPU's capacity is
+    /// waiting (a drain fences each CPU it empties).
     Buffer,
     /// crossbeam `bounded` channel of 1024 x online CPUs records:
     /// `try_send`; the consumer takes everything with `try_iter`.
@@ -404,6 +405,10 @@ trait Records: Sync {
     fn try_push(&self, record: Record) -> Result<(), Record>;
     /// Gives every record found now to `f`; how many there were.
     fn drain(&self, f: &mut dyn FnMut(&[Record])) -> Result<usize, String>;
+    /// Whether a drain now is worth its cost.
+    fn worth_draining(&self) -> bool {
+        true
+    }
 }
 
 impl Records for Buffer<Record> {
@@ -413,6 +418,12 @@ impl Records for Buffer<Record> {
     }
     fn drain(&self, f: &mut dyn FnMut(&[Record])) -> Result<usize, String> {
         Buffer::drain(self, |_cpu, records| f(records)).map_err(|e| format!("drain failed: {e}"))
+    }
+    /// A drain fences every CPU with records (an interrupt there), so the
+    /// consumer waits for half a CPU's buffer first instead of
+    /// fencing for every few records.
+    fn worth_draining(&self) -> bool {
+        self.len() >= PER_CPU / 2
     }
 }
 
@@ -530,7 +541,9 @@ fn produce<R: Records>(
         let consumer = s.spawn(|| {
             let mut seen = Seen::default();
             while !stop.load(Ordering::Acquire) {
-                if work.records.drain(&mut |r| seen.add(r))? == 0 {
+                if !work.records.worth_draining()
+                    || work.records.drain(&mut |r| seen.add(r))? == 0
+                {
                     std::thread::yield_now();
                 }
             }
