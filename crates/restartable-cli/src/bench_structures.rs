@@ -541,8 +541,7 @@ fn produce<R: Records>(
         let consumer = s.spawn(|| {
             let mut seen = Seen::default();
             while !stop.load(Ordering::Acquire) {
-                if !work.records.worth_draining()
-                    || work.records.drain(&mut |r| seen.add(r))? == 0
+                if !work.records.worth_draining() || work.records.drain(&mut |r| seen.add(r))? == 0
                 {
                     std::thread::yield_now();
                 }
