@@ -618,7 +618,12 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>, plot: Option<PathBuf>) -> Res
     if let Some(path) = &plot {
         // Fail before the runs, not after them, if the chart cannot be
         // written there.
-        std::fs::File::create(path)
+        // (Opened for appending: an existing chart is kept until the new
+        // one replaces it.)
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
             .map_err(|e| format!("cannot write the chart {}: {e}", path.display()))?;
     }
     let plan = Plan::new(args);

@@ -232,7 +232,7 @@ impl<T: Copy> Buffer<T> {
 
     /// The push section, retried: `Ok(Err(()))` when the buffer is full.
     fn push_section(&self, t: &Thread, record: &T) -> Result<Result<(), ()>, Fallback> {
-        let mut aborts = 0;
+        let (mut aborts, mut waits) = (0, 0);
         while aborts < MAX_ATTEMPTS {
             let id = t.id(Index::Cpu).ok_or(Fallback)?;
             let slot = self.slot(id.as_usize()).ok_or(Fallback)?;
@@ -263,7 +263,11 @@ impl<T: Copy> Buffer<T> {
                     stats::record_abort();
                     aborts += 1;
                 }
-                Outcome::CompareFailed { which: 1, .. } => std::thread::yield_now(),
+                Outcome::CompareFailed { which: 1, seen } => {
+                    if guard::give_up(seen, &mut waits) {
+                        return Err(Fallback);
+                    }
+                }
                 // Another push or a drain came between.
                 Outcome::CompareFailed { .. } => {}
             }

@@ -58,6 +58,19 @@ pub(crate) fn hold<R>(
     })
 }
 
+/// A section found the guard set to `seen`. Yields and returns false to
+/// wait for it, or returns true when the caller should stop waiting and
+/// take the guarded path (which takes over guards `fork` left behind): the
+/// holder is not in this process, or `waits` reached 256.
+pub(crate) fn give_up(seen: u64, waits: &mut u32) -> bool {
+    *waits += 1;
+    if seen != owner_token() || *waits >= 256 {
+        return true;
+    }
+    std::thread::yield_now();
+    false
+}
+
 /// Sets `guard` to this process's token, waiting (yielding) while another
 /// thread of this process holds it.
 fn acquire(guard: &AtomicU64) {

@@ -77,9 +77,8 @@ struct Slot<T> {
 /// A thread that calls `lock` again while holding a slot of the same
 /// structure gets another slot, waiting for one if none is free; two
 /// threads doing that at once can deadlock, as with any two locks.
-/// [`try_lock`](Self::try_lock) never waits: use it in signal handlers.
-/// The first use of each slot allocates it, which a signal handler must not
-/// be the one to do. After `fork`, a slot another thread held at the time is
+/// [`try_lock`](Self::try_lock) never waits and never allocates: use it in
+/// signal handlers (`lock` allocates a slot on its first use). After `fork`, a slot another thread held at the time is
 /// taken over by the child as it was, possibly mid-update (a `Mutex` would
 /// stay locked forever instead).
 pub struct PerCpu<T> {
@@ -174,8 +173,11 @@ impl<T> PerCpu<T> {
     }
 
     /// Locks the current CPU's slot, or another free slot, without ever
-    /// waiting for a lock another thread (or this one) holds; `None` when
-    /// every slot is locked (or no fence can be made to reach the others).
+    /// waiting for a lock another thread (or this one) holds, and without
+    /// allocating: it only uses slots that exist already (some thread used
+    /// them with [`lock`](Self::lock)). `None` when every such slot is
+    /// locked, when none exists yet, or when no fence can be made to reach
+    /// the others. Fit for signal handlers.
     pub fn try_lock(&self) -> Option<PerCpuGuard<'_, T>> {
         if let Some(t) = Thread::current() {
             if let Local::Got(guard) = self.lock_local(&t, false) {
@@ -253,6 +255,15 @@ impl<T> PerCpu<T> {
         }
     }
 
+    /// Slot `index`, created if `create` (else only if it exists: no
+    /// allocation, for `try_lock`).
+    fn slot(&self, index: usize, create: bool) -> Option<&Slot<T>> {
+        match create {
+            true => self.slots.get_or_init(index, || self.fresh()),
+            false => self.slots.get(index),
+        }
+    }
+
     fn reach(&self, index: usize) -> Reach {
         match self.by {
             Index::Cpu => Reach::Cpu(index),
@@ -268,7 +279,7 @@ impl<T> PerCpu<T> {
     #[inline]
     fn lock_local(&self, t: &Thread, wait: bool) -> Local<'_, T> {
         let me = guard::thread_token();
-        let mut aborts = 0;
+        let (mut aborts, mut waits) = (0, 0);
         loop {
             let id = match self.by {
                 Index::MmCid => t.id(Index::MmCid).or_else(|| t.id(Index::Cpu)),
@@ -276,7 +287,7 @@ impl<T> PerCpu<T> {
             };
             let Some(id) = id else { return Local::GiveUp };
             let index = id.as_usize();
-            let Some(slot) = self.slots.get_or_init(index, || self.fresh()) else {
+            let Some(slot) = self.slot(index, wait) else {
                 return Local::GiveUp;
             };
             // SAFETY: the lock word of this slot is written only by sections
@@ -314,7 +325,13 @@ impl<T> PerCpu<T> {
                 }
                 // Held by another thread: it will be released.
                 Outcome::CompareFailed { which: 0, .. } if !wait => return Local::GiveUp,
-                // Held, or guarded for a moment.
+                // Guarded for a moment (or by a thread `fork` left behind).
+                Outcome::CompareFailed { which: 1, seen } => {
+                    if guard::give_up(seen, &mut waits) {
+                        return Local::GiveUp;
+                    }
+                }
+                // Held: wait.
                 Outcome::CompareFailed { .. } => std::thread::yield_now(),
             }
         }
@@ -332,7 +349,7 @@ impl<T> PerCpu<T> {
         loop {
             let mut waitable = None;
             for index in (start..len).chain(0..start) {
-                let Some(slot) = self.slots.get_or_init(index, || self.fresh()) else {
+                let Some(slot) = self.slot(index, wait) else {
                     continue;
                 };
                 match self.lock_guarded(slot, index, false) {
@@ -551,6 +568,11 @@ mod tests {
     #[test]
     fn try_lock_never_waits() {
         let storage: PerCpu<u64> = PerCpu::new_by_cpu();
+        // No slot exists yet, and try_lock does not allocate one.
+        assert!(storage.try_lock().is_none());
+        for index in 0..storage.len() {
+            drop(storage.lock_slot(index).unwrap());
+        }
         let mut held = Vec::new();
         // Nested try_locks take free slots until there are none.
         while let Some(g) = storage.try_lock() {

@@ -266,7 +266,14 @@ impl core::fmt::Display for RemoteError {
     }
 }
 
-impl std::error::Error for RemoteError {}
+impl std::error::Error for RemoteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RemoteError::Fence(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl Default for PerCpuU64 {
     fn default() -> Self {

@@ -40,7 +40,9 @@ const MAX_CACHE: usize = 1 << 16;
 /// Without rseq (or after 16 aborts in a row) a cache operation takes the
 /// guard protocol on its CPU's cache (a compare-exchange, and a fence while
 /// other threads use rseq). Not for signal handlers: the overflow list
-/// sits behind a mutex, and making an object may allocate.
+/// sits behind a mutex, and making an object may allocate. For the same
+/// reason a child of `fork` may block on that mutex if another thread of
+/// the parent held it at the time.
 ///
 /// ```
 /// use restartable::Pool;
@@ -197,8 +199,8 @@ impl<T> Pool<T> {
     /// retried: `Ok(None)` when the cache is empty.
     #[inline]
     fn take_section(&self, t: &Thread) -> Result<Option<u64>, Fallback> {
-        let mut aborts = 0;
-        while aborts < MAX_ATTEMPTS {
+        let mut tries = Tries::default();
+        while tries.left() {
             let (id, cache) = self.current(t)?;
             let n = cache.count.load(Ordering::Relaxed);
             let Some(top) = n.checked_sub(1).and_then(|i| cache.items.get(i as usize)) else {
@@ -221,7 +223,7 @@ impl<T> Pool<T> {
                     cache.guard.as_ptr(),
                 )
             };
-            match step(outcome, &mut aborts) {
+            match step(outcome, &mut tries) {
                 Some(()) => return Ok(Some(taken)),
                 None => continue,
             }
@@ -233,12 +235,12 @@ impl<T> Pool<T> {
     /// `count + 1`), spilling half the cache first when it is full.
     #[inline]
     fn put_section(&self, t: &Thread, address: u64) -> Result<(), Fallback> {
-        let mut aborts = 0;
-        while aborts < MAX_ATTEMPTS {
+        let mut tries = Tries::default();
+        while tries.left() {
             let (id, cache) = self.current(t)?;
             let n = cache.count.load(Ordering::Relaxed);
             let Some(place) = cache.items.get(n as usize) else {
-                self.spill_section(t, id, cache, n, &mut aborts);
+                self.spill_section(t, id, cache, n, &mut tries);
                 continue;
             };
             // SAFETY: as in `take_section`; `place` is past the objects in
@@ -255,7 +257,7 @@ impl<T> Pool<T> {
                     cache.guard.as_ptr(),
                 )
             };
-            if step(outcome, &mut aborts).is_some() {
+            if step(outcome, &mut tries).is_some() {
                 return Ok(());
             }
         }
@@ -264,7 +266,7 @@ impl<T> Pool<T> {
 
     /// Moves the top half of a full cache to the overflow list with one
     /// section (copy the addresses out, commit the lower count).
-    fn spill_section(&self, t: &Thread, id: Id, cache: &Cache, n: u64, aborts: &mut u32) {
+    fn spill_section(&self, t: &Thread, id: Id, cache: &Cache, n: u64, tries: &mut Tries) {
         let batch = self.batch() as u64;
         let keep = n - batch;
         let mut out = vec![0u64; batch as usize];
@@ -283,7 +285,7 @@ impl<T> Pool<T> {
                 cache.guard.as_ptr(),
             )
         };
-        if step(outcome, aborts).is_some() {
+        if step(outcome, tries).is_some() {
             self.lock_overflow().push(out);
         }
     }
@@ -292,8 +294,8 @@ impl<T> Pool<T> {
     /// (copy in, commit the higher count); false when it did not.
     fn insert(&self, batch: &[u64]) -> bool {
         if let Some(t) = Thread::current() {
-            let mut aborts = 0;
-            while aborts < MAX_ATTEMPTS {
+            let mut tries = Tries::default();
+            while tries.left() {
                 let Ok((id, cache)) = self.current(&t) else {
                     break;
                 };
@@ -315,7 +317,7 @@ impl<T> Pool<T> {
                         cache.guard.as_ptr(),
                     )
                 };
-                if step(outcome, &mut aborts).is_some() {
+                if step(outcome, &mut tries).is_some() {
                     return true;
                 }
             }
@@ -410,10 +412,25 @@ impl<T> Pool<T> {
 /// The section path gave up: take the fallback.
 struct Fallback;
 
+/// Attempts so far at one cache operation.
+#[derive(Default)]
+struct Tries {
+    aborts: u32,
+    /// Yields while the cache was guarded (see [`guard::give_up`]).
+    waits: u32,
+}
+
+impl Tries {
+    /// Whether the section path may try again.
+    fn left(&self) -> bool {
+        self.aborts < MAX_ATTEMPTS
+    }
+}
+
 /// What one attempt means for the loop: `Some` when it committed; counts
-/// aborts and yields while the cache is guarded.
+/// aborts, and waits while the cache is guarded.
 #[inline(always)]
-fn step(outcome: Outcome, aborts: &mut u32) -> Option<()> {
+fn step(outcome: Outcome, tries: &mut Tries) -> Option<()> {
     match outcome {
         Outcome::Committed(()) => {
             core::sync::atomic::fence(Ordering::Acquire);
@@ -421,11 +438,13 @@ fn step(outcome: Outcome, aborts: &mut u32) -> Option<()> {
         }
         Outcome::Aborted => {
             stats::record_abort();
-            *aborts += 1;
+            tries.aborts += 1;
             None
         }
-        Outcome::CompareFailed { which: 1, .. } => {
-            std::thread::yield_now();
+        Outcome::CompareFailed { which: 1, seen } => {
+            if guard::give_up(seen, &mut tries.waits) {
+                tries.aborts = MAX_ATTEMPTS;
+            }
             None
         }
         Outcome::CompareFailed { .. } => None,

@@ -230,7 +230,7 @@ impl<T> Stack<T> {
     /// from `first` by `next` links, owned by the caller.
     unsafe fn push_chain(&self, first: *mut Node<T>, last: *mut Node<T>) {
         if let Some(t) = Thread::current() {
-            let mut aborts = 0;
+            let (mut aborts, mut waits) = (0, 0);
             while aborts < MAX_ATTEMPTS {
                 let Some(id) = t.id(Index::Cpu) else { break };
                 let Some(slot) = self.slots.get_or_init(id.as_usize(), Slot::default) else {
@@ -258,7 +258,11 @@ impl<T> Stack<T> {
                         stats::record_abort();
                         aborts += 1;
                     }
-                    Outcome::CompareFailed { which: 1, .. } => std::thread::yield_now(),
+                    Outcome::CompareFailed { which: 1, seen } => {
+                        if guard::give_up(seen, &mut waits) {
+                            aborts = MAX_ATTEMPTS;
+                        }
+                    }
                     // Another push or pop on this CPU came between.
                     Outcome::CompareFailed { .. } => {}
                 }
@@ -281,7 +285,7 @@ impl<T> Stack<T> {
 
     /// The pop section, retried; `Err` when the fallback should run.
     fn pop_section(&self, t: &Thread) -> Result<Option<Box<Node<T>>>, Fallback> {
-        let mut aborts = 0;
+        let (mut aborts, mut waits) = (0, 0);
         while aborts < MAX_ATTEMPTS {
             let id = t.id(Index::Cpu).ok_or(Fallback)?;
             let slot = self
@@ -309,7 +313,11 @@ impl<T> Stack<T> {
                     return Ok(Some(unsafe { Box::from_raw(node_at::<Node<T>>(node)) }));
                 }
                 Outcome::CompareFailed { which: 0, .. } => return Ok(None),
-                Outcome::CompareFailed { .. } => std::thread::yield_now(),
+                Outcome::CompareFailed { seen, .. } => {
+                    if guard::give_up(seen, &mut waits) {
+                        return Err(Fallback);
+                    }
+                }
                 Outcome::Aborted => {
                     stats::record_abort();
                     aborts += 1;
@@ -322,7 +330,7 @@ impl<T> Stack<T> {
     /// Unlinks the whole current list with one section (compare the head,
     /// commit 0); returns the chain's first node address.
     fn pop_all_section(&self, t: &Thread) -> Result<u64, Fallback> {
-        let mut aborts = 0;
+        let (mut aborts, mut waits) = (0, 0);
         while aborts < MAX_ATTEMPTS {
             let id = t.id(Index::Cpu).ok_or(Fallback)?;
             let slot = self
@@ -349,7 +357,11 @@ impl<T> Stack<T> {
                     core::sync::atomic::fence(Ordering::Acquire);
                     return Ok(head);
                 }
-                Outcome::CompareFailed { which: 1, .. } => std::thread::yield_now(),
+                Outcome::CompareFailed { which: 1, seen } => {
+                    if guard::give_up(seen, &mut waits) {
+                        return Err(Fallback);
+                    }
+                }
                 Outcome::CompareFailed { .. } => {}
                 Outcome::Aborted => {
                     stats::record_abort();

@@ -277,8 +277,11 @@ fn run_managed(
                 let mut rounds = 0;
                 while !done.load(Ordering::Relaxed) {
                     if let Err(e) = structure.manage() {
+                        // Workers on the fallback path may be waiting for
+                        // the same missing fence: end the run now.
                         structure.stop();
-                        return Err(e);
+                        eprintln!("restartable: {e}");
+                        std::process::exit(1);
                     }
                     rounds += 1;
                     std::thread::yield_now();
