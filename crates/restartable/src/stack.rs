@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::guard::{self, Reach};
 use crate::ops::{node_at, word_of, MAX_ATTEMPTS};
-use crate::section::{Index, Order, Outcome, Thread};
+use crate::section::{Id, Index, Order, Outcome, Thread};
 use crate::table::Table;
 use crate::{cpu, stats, RemoteError};
 
@@ -283,15 +283,22 @@ impl<T> Stack<T> {
         });
     }
 
+    /// The thread's id and its CPU's list.
+    #[inline]
+    fn current(&self, t: &Thread) -> Result<(Id, &Slot), Fallback> {
+        let id = t.id(Index::Cpu).ok_or(Fallback)?;
+        let slot = self
+            .slots
+            .get_or_init(id.as_usize(), Slot::default)
+            .ok_or(Fallback)?;
+        Ok((id, slot))
+    }
+
     /// The pop section, retried; `Err` when the fallback should run.
     fn pop_section(&self, t: &Thread) -> Result<Option<Box<Node<T>>>, Fallback> {
         let (mut aborts, mut waits) = (0, 0);
         while aborts < MAX_ATTEMPTS {
-            let id = t.id(Index::Cpu).ok_or(Fallback)?;
-            let slot = self
-                .slots
-                .get_or_init(id.as_usize(), Slot::default)
-                .ok_or(Fallback)?;
+            let (id, slot) = self.current(t)?;
             // SAFETY: every node on the list is live (nodes are freed only
             // after being unlinked) and holds its link at offset 0; the head
             // is written as described in `push_chain`.
@@ -332,11 +339,7 @@ impl<T> Stack<T> {
     fn pop_all_section(&self, t: &Thread) -> Result<u64, Fallback> {
         let (mut aborts, mut waits) = (0, 0);
         while aborts < MAX_ATTEMPTS {
-            let id = t.id(Index::Cpu).ok_or(Fallback)?;
-            let slot = self
-                .slots
-                .get_or_init(id.as_usize(), Slot::default)
-                .ok_or(Fallback)?;
+            let (id, slot) = self.current(t)?;
             let head = slot.head.load(Ordering::Relaxed);
             if head == 0 {
                 return Ok(0);
