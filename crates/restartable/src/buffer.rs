@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fence::FenceError;
 use crate::guard::{self, Reach};
-use crate::ops::MAX_ATTEMPTS;
+use crate::ops::{Fallback, MAX_ATTEMPTS};
 use crate::section::{Index, Order, Outcome, Thread};
 use crate::table::Table;
 use crate::{cpu, stats, RemoteError};
@@ -126,22 +126,17 @@ impl<T: Copy> Buffer<T> {
         let Some(slot) = self.slot(index) else {
             return Err(Full(record));
         };
-        loop {
-            let pushed = self.guarded(slot, index, |slot| {
-                let n = slot.count.load(Ordering::Relaxed) as usize;
-                let place = slot.records.get(n)?;
-                // SAFETY: the buffer is ours under the guard; `place` is past
-                // the records in use.
-                unsafe { (*place.get()).write(record) };
-                slot.count.store(n as u64 + 1, Ordering::Release);
-                Some(())
-            });
-            match pushed {
-                Ok(done) => return done.ok_or(Full(record)),
-                // No fence now: wait for one (the fallback has no other way).
-                Err(_) => std::thread::yield_now(),
-            }
-        }
+        let key = (self as *const Self as usize, index);
+        let pushed = guard::hold_waiting(&slot.guard, key, Reach::Cpu(index), |_| {
+            let n = slot.count.load(Ordering::Relaxed) as usize;
+            let place = slot.records.get(n)?;
+            // SAFETY: the buffer is ours under the guard; `place` is past
+            // the records in use.
+            unsafe { (*place.get()).write(record) };
+            slot.count.store(n as u64 + 1, Ordering::Release);
+            Some(())
+        });
+        pushed.ok_or(Full(record))
     }
 
     /// Drains every CPU's buffer, calling `f(cpu, records)` for each that
@@ -285,9 +280,6 @@ impl<T: Copy> Buffer<T> {
         guard::hold(&slot.guard, key, Reach::Cpu(index), |_| f(slot))
     }
 }
-
-/// The section path gave up: take the fallback.
-struct Fallback;
 
 impl<T> core::fmt::Debug for Buffer<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

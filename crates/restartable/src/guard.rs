@@ -58,6 +58,22 @@ pub(crate) fn hold<R>(
     })
 }
 
+/// [`hold`] for a fallback path, which has no other way to reach the data:
+/// while no fence can be made it waits, yielding, for one.
+pub(crate) fn hold_waiting<R>(
+    guard: &AtomicU64,
+    key: (usize, usize),
+    reach: Reach,
+    mut f: impl FnMut(bool) -> R,
+) -> R {
+    loop {
+        match hold(guard, key, reach, &mut f) {
+            Ok(r) => return r,
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+}
+
 /// A section found the guard set to `seen`. Yields and returns false to
 /// wait for it, or returns true when the caller should stop waiting and
 /// take the guarded path (which takes over guards `fork` left behind): the

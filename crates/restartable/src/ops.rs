@@ -9,6 +9,10 @@ use crate::registration::{self, AreaRef};
 use crate::slots::{Padded, SLOT_SHIFT};
 use crate::{fallback, stats};
 
+/// A structure's section path gave up (no id, 16 aborts, a guard held too
+/// long): the operation takes the fallback path.
+pub(crate) struct Fallback;
+
 /// Consecutive aborts after which an operation completes on the fallback
 /// path instead, so a section that can never finish (a debugger
 /// single-stepping it, a signal on every attempt) cannot hang the caller.

@@ -202,12 +202,13 @@ impl PerCpuU64 {
         mut f: impl FnMut(u64) -> Option<u64>,
     ) -> (u64, bool) {
         stats::record_fallback(exhausted);
-        loop {
-            match self.guarded(base, cpu::fold(cpu::raw_cpu(), len), &mut f) {
-                Ok(done) => return done,
-                Err(_) => std::thread::yield_now(),
-            }
-        }
+        let index = cpu::fold(cpu::raw_cpu(), len);
+        // SAFETY: `index` was folded below the slot count.
+        let slot = unsafe { &(*base.as_ptr().add(index)).0 };
+        let key = (self as *const Self as usize, index);
+        guard::hold_waiting(&slot.guard, key, Reach::Cpu(index), |_| {
+            update(slot, &mut f)
+        })
     }
 
     /// Owns word `index` through its guard ([`guard::hold`]), updates it
@@ -221,20 +222,27 @@ impl PerCpuU64 {
         // SAFETY: callers pass `index` below the slot count.
         let slot = unsafe { &(*base.as_ptr().add(index)).0 };
         let key = (self as *const Self as usize, index);
-        // Like a compare-exchange loop: if `f` itself updated this word
-        // (a nested call, which finds the guard held by its own thread), its
-        // result is stale and `f` runs again.
-        guard::hold(&slot.guard, key, Reach::Cpu(index), |_| loop {
-            let old = slot.value.load(Ordering::Acquire);
-            let new = f(old);
-            if slot.value.load(Ordering::Acquire) != old {
-                continue;
-            }
-            if let Some(new) = new {
-                slot.value.store(new, Ordering::Release);
-            }
-            break (old, new.is_some());
+        guard::hold(&slot.guard, key, Reach::Cpu(index), |_| {
+            update(slot, &mut f)
         })
+    }
+}
+
+/// The update under the guard, like a compare-exchange loop: if `f` itself
+/// updated this word (a nested call, which finds the guard held by its own
+/// thread), its result is stale and `f` runs again. Returns (old value,
+/// updated).
+fn update(slot: &Guarded, f: &mut impl FnMut(u64) -> Option<u64>) -> (u64, bool) {
+    loop {
+        let old = slot.value.load(Ordering::Acquire);
+        let new = f(old);
+        if slot.value.load(Ordering::Acquire) != old {
+            continue;
+        }
+        if let Some(new) = new {
+            slot.value.store(new, Ordering::Release);
+        }
+        return (old, new.is_some());
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::fence::FenceError;
 use crate::guard::{self, Reach};
-use crate::ops::{node_at, word_of, MAX_ATTEMPTS};
+use crate::ops::{node_at, word_of, Fallback, MAX_ATTEMPTS};
 use crate::section::{Id, Index, Order, Outcome, Thread};
 use crate::table::Table;
 use crate::{cpu, stats, RemoteError};
@@ -383,16 +383,17 @@ impl<T> Pool<T> {
     /// path), waiting while no fence can be made.
     fn guarded_here<R>(&self, mut f: impl FnMut(&Cache) -> R) -> R {
         let index = cpu::fold(cpu::raw_cpu(), self.caches.len());
-        loop {
-            // `cache` is Some: `index` was folded below the length.
-            let Some(cache) = self.cache(index) else {
-                continue;
-            };
-            match self.guarded(cache, index, &mut f) {
-                Ok(r) => return r,
-                Err(_) => std::thread::yield_now(),
+        // `index` was folded below the length, so the cache exists.
+        let cache = loop {
+            if let Some(cache) = self.cache(index) {
+                break cache;
             }
-        }
+        };
+        let key = (self as *const Self as usize, index);
+        guard::hold_waiting(&cache.guard, key, Reach::Cpu(index), |_| {
+            core::sync::atomic::fence(Ordering::Acquire);
+            f(cache)
+        })
     }
 
     fn guarded<R>(
@@ -408,9 +409,6 @@ impl<T> Pool<T> {
         })
     }
 }
-
-/// The section path gave up: take the fallback.
-struct Fallback;
 
 /// Attempts so far at one cache operation.
 #[derive(Default)]

@@ -5,7 +5,7 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::guard::{self, Reach};
-use crate::ops::{node_at, word_of, MAX_ATTEMPTS};
+use crate::ops::{node_at, word_of, Fallback, MAX_ATTEMPTS};
 use crate::section::{Id, Index, Order, Outcome, Thread};
 use crate::table::Table;
 use crate::{cpu, stats, RemoteError};
@@ -410,12 +410,11 @@ impl<T> Stack<T> {
     /// `f` on the head of `slot` under its guard, waiting while no fence
     /// can be made (the fallback path has nowhere else to go).
     fn guarded<R>(&self, slot: &Slot, index: usize, mut f: impl FnMut(&AtomicU64) -> R) -> R {
-        loop {
-            match self.guarded_on(slot, index, &mut f) {
-                Ok(r) => return r,
-                Err(_) => std::thread::yield_now(),
-            }
-        }
+        let key = (self as *const Self as usize, index);
+        guard::hold_waiting(&slot.guard, key, Reach::Cpu(index), |_| {
+            core::sync::atomic::fence(Ordering::Acquire);
+            f(&slot.head)
+        })
     }
 
     fn guarded_on<R>(
@@ -431,9 +430,6 @@ impl<T> Stack<T> {
         })
     }
 }
-
-/// The section path gave up: take the fallback.
-struct Fallback;
 
 /// A chain's first and last node.
 type Chain<T> = (*mut Node<T>, *mut Node<T>);

@@ -19,8 +19,6 @@ pub trait Managed: Sync {
     fn manage(&self) -> Result<(), String>;
     /// Verifies the final state after `ops` worker operations in all.
     fn verify(&mut self, ops: u64) -> Result<String, String>;
-    /// The manager failed: workers must not wait for it any more.
-    fn stop(&self) {}
 }
 
 /// A few spins inside a critical region, widening its race windows.
@@ -285,8 +283,6 @@ pub struct Records {
     disorder: AtomicU64,
     full: AtomicU64,
     drained: Mutex<()>,
-    /// Set when the manager fails: producers stop waiting for space.
-    stopped: AtomicBool,
 }
 
 thread_local! {
@@ -306,7 +302,6 @@ impl Records {
             disorder: AtomicU64::new(0),
             full: AtomicU64::new(0),
             drained: Mutex::new(()),
-            stopped: AtomicBool::new(false),
         }
     }
 
@@ -345,18 +340,12 @@ impl Managed for Records {
         }
         WORKER.set((worker, seq + 1));
         while self.buffer.push([worker, seq]).is_err() {
-            if self.stopped.load(Ordering::Relaxed) {
-                return;
-            }
             self.full.fetch_add(1, Ordering::Relaxed);
             std::thread::yield_now();
         }
     }
     fn manage(&self) -> Result<(), String> {
         self.drain()
-    }
-    fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
     }
     fn verify(&mut self, ops: u64) -> Result<String, String> {
         self.drain()?;

@@ -277,9 +277,9 @@ fn run_managed(
                 let mut rounds = 0;
                 while !done.load(Ordering::Relaxed) {
                     if let Err(e) = structure.manage() {
-                        // Workers on the fallback path may be waiting for
-                        // the same missing fence: end the run now.
-                        structure.stop();
+                        // Workers may be waiting for the manager (a full
+                        // buffer) or for the same missing fence: end the
+                        // run now.
                         eprintln!("restartable: {e}");
                         std::process::exit(1);
                     }
