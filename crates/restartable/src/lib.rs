@@ -8,27 +8,51 @@
 //! therefore atomic with respect to every other thread, without a lock and
 //! without an atomic instruction.
 //!
-//! This crate owns the whole stack:
-//! - **Registration** ([`registration`]): it adopts glibc's area (glibc
-//!   2.35+ registers every thread), registers its own where libc does not,
-//!   and falls back cleanly where the kernel, a sandbox or a tool refuses.
-//!   Set `RESTARTABLE_DISABLE=1` to never make the rseq system call.
-//! - **CPU ids** ([`current_cpu`], [`current_node`], [`current_mm_cid`],
-//!   [`possible_cpus`]): one load from the thread's area when rseq is in use.
-//! - **Critical sections** ([`section`]): the per-CPU operations in inline
-//!   assembly (x86-64 and aarch64), with their descriptors.
-//! - **Per-CPU data structures**, safe, each with a fallback path where rseq
-//!   is unavailable:
+//! The crate is built in layers, one folder each:
+//! - **the runtime** (`runtime/`): registration ([`registration`]) adopts
+//!   glibc's area (glibc 2.35+ registers every thread, in dynamic and
+//!   static binaries), registers its own where libc does not (musl, the
+//!   tunable off), and falls back cleanly where the kernel, a sandbox or a
+//!   tool refuses; CPU ids ([`current_cpu`], [`current_node`],
+//!   [`current_mm_cid`], [`possible_cpus`]) are one load from the thread's
+//!   area; the [`fence`] lets one thread work on another CPU's data;
+//!   [`stats`] counts aborts and fallback completions. Set
+//!   `RESTARTABLE_DISABLE=1` to never make the rseq system call.
+//! - **the architectures** (`arch/`): the thread pointer and the critical
+//!   sections in inline assembly, for x86-64 and aarch64 (elsewhere, and
+//!   under Miri, everything takes the fallback path).
+//! - **the sections** ([`section`]): the vocabulary of per-CPU operations,
+//!   each one attempt with an explicit [`Outcome`](section::Outcome), and
+//!   the test switches in [`inject`].
+//! - **the structures** (`structures/`), safe, each with a fallback path
+//!   that makes no system call where no thread uses rseq:
 //!   - [`Counter`]: a sum; [`PerCpuU64`]: a word per CPU, read-modify-written;
 //!   - [`PerCpu`]: storage for any `T`, through the per-CPU lock;
 //!   - [`Stack`]: an intrusive free list of [`Node`]s, stealing when empty;
 //!   - [`Pool`]: reusable objects through bounded per-CPU caches;
-//!   - [`Buffer`]: records appended per CPU, drained by a consumer.
-//! - **The fence** ([`fence`]): how one thread works on another CPU's data
-//!   (membarrier, or migration where that is refused).
-//! - Feature `metrics`: [`Counter`] backs a counter of the `metrics` facade.
+//!   - [`Buffer`]: records appended per CPU, drained by a consumer;
+//!   - feature `metrics`: [`Counter`] backs a counter of the `metrics`
+//!     facade.
 //!
-//! ABI source: `include/uapi/linux/rseq.h` and `man 2 rseq`; see [`abi`].
+//! ABI sources: `include/uapi/linux/rseq.h` and `man 2 rseq` (Linux),
+//! glibc's `sys/rseq.h` and its manual ("Restartable Sequences"); see
+//! [`abi`].
+//!
+//! # Limits
+//! - A thread must have thread-local storage of its own. A raw
+//!   `clone(CLONE_VM)` without `CLONE_SETTLS`, or a `vfork` child that
+//!   calls into the library, shares its parent's: the two would share one
+//!   registration record, and the kernel's `cpu_id` there describes only
+//!   one of them, so sections of the other could commit to the wrong CPU's
+//!   data (lost updates) or keep aborting. Such threads are not supported.
+//! - With glibc's registration on, glibc itself aborts the process ("rseq
+//!   registration failed") if a seccomp filter installed after start
+//!   refuses rseq for new threads. Turn glibc's registration off
+//!   (`GLIBC_TUNABLES=glibc.pthread.rseq=0`) in such sandboxes; the library
+//!   then registers its own area and falls back quietly where refused.
+//! - Nothing relies on `cpu_id_start` (Linux 6.19 stopped rewriting it on
+//!   every return to user space): only an abort proves that a section was
+//!   interrupted.
 //!
 //! ```
 //! use restartable::{registration, Counter, Owner};
@@ -48,48 +72,32 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod abi;
 mod arch;
-mod buffer;
-mod counter;
-mod cpu;
-mod fallback;
-pub mod fence;
-mod guard;
-pub mod inject;
-#[cfg(feature = "metrics")]
-pub mod metrics;
-mod ops;
-mod percpu;
-mod percpu_u64;
-mod pool;
-mod process;
-mod registration;
+mod runtime;
 pub mod section;
-mod slots;
-mod stack;
-pub mod stats;
-mod sys;
-mod table;
+mod structures;
 
-pub use buffer::{Buffer, Full};
-pub use counter::Counter;
-pub use cpu::{
+pub use runtime::cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
-pub use percpu::{PerCpu, PerCpuGuard};
-pub use percpu_u64::{PerCpuU64, RemoteError};
-pub use pool::{Pool, Pooled};
-pub use process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
-pub use registration::{opt_out_current_thread, registration, FallbackReason, Owner, Registration};
-pub use stack::{Node, Stack};
+pub use runtime::process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
+pub use runtime::registration::{
+    opt_out_current_thread, registration, FallbackReason, Owner, Registration,
+};
+pub use runtime::{abi, fence, stats};
+pub use section::inject;
+#[cfg(feature = "metrics")]
+pub use structures::metrics;
+pub use structures::{
+    Buffer, Counter, Full, Node, PerCpu, PerCpuGuard, PerCpuU64, Pool, Pooled, RemoteError, Stack,
+};
 
 /// True when this build has critical sections for the target architecture
-/// (x86-64 Linux today). Elsewhere every operation takes the fallback path,
-/// though CPU ids may still come from rseq.
+/// (x86-64 and aarch64 Linux). Elsewhere, and under Miri, every operation
+/// takes the fallback path, though CPU ids may still come from rseq.
 pub const HAS_CRITICAL_SECTIONS: bool = arch::HAS_SECTIONS;
 
 /// libc's version string (`gnu_get_libc_version`), when libc is glibc.
 pub fn libc_version() -> Option<&'static str> {
-    sys::libc_version()
+    runtime::sys::libc_version()
 }

@@ -199,8 +199,8 @@ fn guarded_operations_stay_out_while_the_guard_is_set() {
                 )
             });
             if guard != 0 {
-                assert_eq!(popped, Outcome::CompareFailed { which: 1, seen: 7 });
-                let refused = Outcome::CompareFailed { which: 1, seen: 7 };
+                assert_eq!(popped, Outcome::Guarded { seen: 7 });
+                let refused = Outcome::Guarded { seen: 7 };
                 assert_eq!((stored, copied), (refused, refused));
                 assert_eq!(
                     (head, v, v2, dst),

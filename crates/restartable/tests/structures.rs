@@ -104,7 +104,7 @@ fn storage_indexed_by_mm_cid_grows_with_running_threads() {
         std::thread::scope(|s| {
             s.spawn(move || {
                 let _ = pin(cpu);
-                *storage.lock() += 1;
+                *storage.lock().unwrap() += 1;
             });
         });
     }

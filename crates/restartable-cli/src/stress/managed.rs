@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use restartable::{Buffer, Node, PerCpu, Pool, Stack};
 
@@ -73,7 +73,9 @@ impl Storage {
 
 impl Managed for Storage {
     fn op(&self) {
-        let mut slot = self.slots.lock();
+        // No holder panics in this mode: a poisoned slot would be a bug,
+        // and shows as a torn update.
+        let mut slot = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.0 != slot.1 {
             self.torn.fetch_add(1, Ordering::Relaxed);
         }
@@ -162,7 +164,7 @@ impl Managed for FreeList {
         Ok(())
     }
     fn verify(&mut self, _ops: u64) -> Result<String, String> {
-        let count = self.stack.len() as u64;
+        let count = self.stack.len().map_err(|e| e.to_string())? as u64;
         let mut ids: Vec<u64> = self
             .stack
             .pop_all_cpus()
@@ -199,7 +201,7 @@ pub struct Object {
 /// often); workers take objects and return them, sometimes holding many at
 /// once; the manager flushes every cache to the overflow list.
 pub struct Objects {
-    pool: Pool<Object>,
+    pool: Pool<Object, Box<dyn Fn() -> Object + Send + Sync>>,
     made: std::sync::Arc<AtomicU64>,
     twice: AtomicU64,
 }
@@ -210,10 +212,10 @@ impl Objects {
         let counter = made.clone();
         Objects {
             pool: Pool::with_cache(
-                move || Object {
+                Box::new(move || Object {
                     id: counter.fetch_add(1, Ordering::Relaxed),
                     in_use: AtomicBool::new(false),
-                },
+                }),
                 8,
             ),
             made,

@@ -345,6 +345,7 @@ impl Structure for Buffer {
             } {
                 Outcome::Committed(()) => Outcome::Committed(item),
                 Outcome::CompareFailed { which, seen } => Outcome::CompareFailed { which, seen },
+                Outcome::Guarded { seen } => Outcome::Guarded { seen },
                 Outcome::Aborted => Outcome::Aborted,
             }
         });

@@ -28,6 +28,36 @@ pub(crate) fn thread_pointer() -> Option<*const u8> {
     (!tp.is_null()).then_some(tp)
 }
 
+/// The addresses of glibc's `__rseq_offset`, `__rseq_size` and
+/// `__rseq_flags`, through weak references (null where nothing defines
+/// them: musl, glibc before 2.35). Weak, so the binary links everywhere;
+/// resolved by the static linker in a static binary and by the dynamic
+/// loader otherwise, so no `dlsym` is needed.
+#[inline]
+pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
+    let (offset, size, flags): (*const u8, *const u8, *const u8);
+    // SAFETY: loads three GOT entries, which the linker or loader fills
+    // with the symbols' addresses (0 for an undefined weak symbol).
+    unsafe {
+        asm!(
+            ".weak __rseq_offset",
+            ".weak __rseq_size",
+            ".weak __rseq_flags",
+            "adrp {offset}, :got:__rseq_offset",
+            "ldr {offset}, [{offset}, :got_lo12:__rseq_offset]",
+            "adrp {size}, :got:__rseq_size",
+            "ldr {size}, [{size}, :got_lo12:__rseq_size]",
+            "adrp {flags}, :got:__rseq_flags",
+            "ldr {flags}, [{flags}, :got_lo12:__rseq_flags]",
+            offset = out(reg) offset,
+            size = out(reg) size,
+            flags = out(reg) flags,
+            options(nostack, readonly, preserves_flags),
+        )
+    };
+    [offset, size, flags]
+}
+
 #[cfg(feature = "inject")]
 macro_rules! inject {
     ($offset:literal) => {

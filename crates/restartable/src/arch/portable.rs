@@ -13,6 +13,12 @@ pub(crate) fn thread_pointer() -> Option<*const u8> {
     None
 }
 
+/// No weak references here: `dlsym` is the only way to glibc's symbols.
+#[inline]
+pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
+    [core::ptr::null(); 3]
+}
+
 /// Never called: [`HAS_SECTIONS`] is false.
 ///
 /// # Safety

@@ -33,6 +33,33 @@ pub(crate) fn thread_pointer() -> Option<*const u8> {
     (!tp.is_null()).then_some(tp)
 }
 
+/// The addresses of glibc's `__rseq_offset`, `__rseq_size` and
+/// `__rseq_flags`, through weak references (null where nothing defines
+/// them: musl, glibc before 2.35). Weak, so the binary links everywhere;
+/// resolved by the static linker in a static binary and by the dynamic
+/// loader otherwise, so no `dlsym` is needed.
+#[inline]
+pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
+    let (offset, size, flags): (*const u8, *const u8, *const u8);
+    // SAFETY: loads three GOT entries, which the linker or loader fills
+    // with the symbols' addresses (0 for an undefined weak symbol).
+    unsafe {
+        asm!(
+            ".weak __rseq_offset",
+            ".weak __rseq_size",
+            ".weak __rseq_flags",
+            "mov {offset}, qword ptr [rip + __rseq_offset@GOTPCREL]",
+            "mov {size}, qword ptr [rip + __rseq_size@GOTPCREL]",
+            "mov {flags}, qword ptr [rip + __rseq_flags@GOTPCREL]",
+            offset = out(reg) offset,
+            size = out(reg) size,
+            flags = out(reg) flags,
+            options(nostack, readonly, preserves_flags),
+        )
+    };
+    [offset, size, flags]
+}
+
 /// A delay loop of `DELAYS[$slot]` iterations (feature `inject`), or
 /// nothing at all.
 #[cfg(feature = "inject")]

@@ -3,20 +3,15 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::guard::{self, Reach};
-use crate::ops::MAX_ATTEMPTS;
-use crate::section::{Index, Order, Outcome, Thread};
-use crate::slots::Slots;
-use crate::{cpu, fence, stats};
+use super::kit::dense::DenseSlots;
+use super::kit::guard::{Guarded, Reach, Refused};
+use super::kit::retry::{self, Step};
+use super::RemoteError;
+use crate::section::{Index, Order};
+use crate::stats::Cause;
 
-/// One CPU's word and its guard (see [`PerCpuU64`]).
-#[derive(Default)]
-#[repr(C)]
-struct Guarded {
-    value: AtomicU64,
-    /// Non-zero while a fallback-path thread owns `value`.
-    guard: AtomicU64,
-}
+/// One CPU's word and its guard.
+type Word = Guarded<AtomicU64>;
 
 /// One `u64` per possible CPU, updated by the thread running on that CPU
 /// with a critical section ([`fetch_update`](Self::fetch_update),
@@ -32,11 +27,18 @@ struct Guarded {
 /// depend on the value they read, so a thread that cannot run the section
 /// (no rseq, or an operation aborted 16 times in a row) must stop the
 /// sections of that CPU before it touches the word. Each word has a guard:
-/// every section checks it first (with [`compare2_store`]); the fallback
-/// path sets it, fences the CPU ([`fence::fence_cpu`]), updates the word,
-/// and clears it. Both paths can run at once, in any mix of threads.
+/// every section checks it first (with [`compare_store_guarded`]); the
+/// fallback path sets it, fences the CPU ([`fence_cpu`]) when other
+/// threads run sections, updates the word with a compare-exchange, and
+/// clears it. Both paths can run at once, in any mix of threads; without
+/// rseq threads in the process the fallback makes no system call.
 ///
-/// [`compare2_store`]: crate::section::Thread::compare2_store
+/// Safe in signal handlers (once the first use allocated the words): a
+/// handler that interrupts its thread while that thread holds a word's
+/// guard updates the word with a compare-exchange instead of waiting.
+///
+/// [`compare_store_guarded`]: crate::section::Thread::compare_store_guarded
+/// [`fence_cpu`]: crate::fence::fence_cpu
 ///
 /// ```
 /// use restartable::PerCpuU64;
@@ -51,7 +53,7 @@ struct Guarded {
 /// assert_eq!(high_water.per_cpu().into_iter().max(), Some(30));
 /// ```
 pub struct PerCpuU64 {
-    slots: Slots<Guarded>,
+    slots: DenseSlots<Word>,
 }
 
 impl PerCpuU64 {
@@ -59,7 +61,7 @@ impl PerCpuU64 {
     /// allocated on first use.
     pub const fn new() -> Self {
         PerCpuU64 {
-            slots: Slots::new(),
+            slots: DenseSlots::new(),
         }
     }
 
@@ -97,10 +99,10 @@ impl PerCpuU64 {
     /// migration), updates, and releases, so it costs microseconds. Use it
     /// for remote work: draining, rebalancing, resetting.
     ///
-    /// While `f` runs the thread holds `cpu`'s guard with all signals
-    /// blocked (so a handler cannot wait on it), much as under a lock: keep
-    /// `f` short. From inside `f`, updating the same word is allowed (`f`
-    /// then runs again on the new value); updating *other* words of a
+    /// While `f` runs the thread holds `cpu`'s guard, much as under a lock:
+    /// keep `f` short. From inside `f` (or a signal handler), updating the
+    /// same word is allowed (`f` then runs again on the new value); updating
+    /// *other* words of a
     /// `PerCpuU64` (including a current-CPU update from a thread that has
     /// since migrated) is like taking a second lock and can deadlock against
     /// a thread doing the reverse.
@@ -115,13 +117,15 @@ impl PerCpuU64 {
         cpu: usize,
         mut f: impl FnMut(u64) -> u64,
     ) -> Result<u64, RemoteError> {
-        let (base, len) = self.slots.get();
-        if cpu >= len {
-            return Err(RemoteError::NoSuchCpu);
+        let word = self.slots.slot(cpu).ok_or(RemoteError::NoSuchCpu)?;
+        match word.hold(Reach::Cpu(cpu), |value| update(value, &mut |v| Some(f(v)))) {
+            Ok((old, _)) => Ok(old),
+            // An outer frame of this thread holds the guard (a nested call,
+            // or the code a signal handler interrupted): nothing else can
+            // write the word now, and `update` is safe against that frame.
+            Err(Refused::Mine) => Ok(update(word, &mut |v| Some(f(v))).0),
+            Err(Refused::Fence(e)) => Err(RemoteError::Fence(e)),
         }
-        self.guarded(base, cpu, |v| Some(f(v)))
-            .map(|(old, _)| old)
-            .map_err(RemoteError::Fence)
     }
 
     /// The word of `cpu`, or `None` past [`possible_cpus`](crate::possible_cpus).
@@ -130,14 +134,15 @@ impl PerCpuU64 {
         if slots.is_empty() && cpu < crate::possible_cpus() {
             return Some(0);
         }
-        slots.get(cpu).map(|s| s.0.value.load(Ordering::Acquire))
+        slots.get(cpu).map(|s| s.0.load(Ordering::Acquire))
     }
 
     /// The (wrapping) sum of all words: a relaxed snapshot.
     pub fn sum(&self) -> u64 {
-        self.slots.as_slice().iter().fold(0u64, |acc, s| {
-            acc.wrapping_add(s.0.value.load(Ordering::Relaxed))
-        })
+        self.slots
+            .as_slice()
+            .iter()
+            .fold(0u64, |acc, s| acc.wrapping_add(s.0.load(Ordering::Relaxed)))
     }
 
     /// Every CPU's word (empty before first use).
@@ -145,140 +150,71 @@ impl PerCpuU64 {
         self.slots
             .as_slice()
             .iter()
-            .map(|s| s.0.value.load(Ordering::Acquire))
+            .map(|s| s.0.load(Ordering::Acquire))
             .collect()
     }
 
     /// Like `fetch_update`, but `f` may decline (`None`): returns the old
     /// value when an update was made.
     fn fetch_update_if(&self, mut f: impl FnMut(u64) -> Option<u64>) -> Option<u64> {
-        let (base, len) = self.slots.get();
-        if let Some(t) = Thread::current() {
-            for _ in 0..MAX_ATTEMPTS {
-                let Some(id) = t.id(Index::Cpu) else { break };
-                let index = id.as_usize();
-                if index >= len {
-                    break;
-                }
-                // SAFETY: `index < len` slots live behind `base`.
-                let slot = unsafe { &(*base.as_ptr().add(index)).0 };
-                let old = slot.value.load(Ordering::Relaxed);
-                let new = f(old)?;
-                // SAFETY: as in `fetch_update`.
-                let outcome = unsafe {
-                    t.compare_store_guarded(
-                        id,
-                        Order::Release,
-                        slot.value.as_ptr(),
-                        old,
-                        new,
-                        slot.guard.as_ptr(),
-                    )
-                };
-                match outcome {
-                    Outcome::Committed(()) => return Some(old),
-                    Outcome::CompareFailed { which: 1, .. } => std::thread::yield_now(),
-                    Outcome::CompareFailed { .. } => {}
-                    Outcome::Aborted => stats::record_abort(),
-                }
-            }
+        let mut declined = false;
+        let done = retry::sections(Index::Cpu, |t, id| {
+            let Some(word) = self.slots.slot(id.as_usize()) else {
+                return Step::Leave(Cause::IdOutOfRange);
+            };
+            let old = word.load(Ordering::Relaxed);
+            let Some(new) = f(old) else {
+                declined = true;
+                return Step::Done(old);
+            };
+            // SAFETY: the word is written only by sections on this CPU
+            // (which check the guard first) and by guard holders after a
+            // fence; the release commit publishes what `f`'s caller wrote.
+            Step::from(unsafe {
+                t.compare_store_guarded(
+                    id,
+                    Order::Release,
+                    word.as_ptr(),
+                    old,
+                    new,
+                    word.guard_ptr(),
+                )
+            })
+            .map(|()| old)
+        });
+        match done {
+            Ok(old) => (!declined).then_some(old),
+            Err(cause) => self.fallback(cause, f),
         }
-        // With a thread handle every attempt failed (aborts, or the guard
-        // held throughout); without one the thread has no rseq.
-        let exhausted = Thread::current().is_some();
-        let (old, updated) = self.fallback(base, len, exhausted, f);
+    }
+
+    /// The fallback path: the guarded update of the current CPU's word.
+    #[cold]
+    fn fallback(&self, cause: Cause, mut f: impl FnMut(u64) -> Option<u64>) -> Option<u64> {
+        let (_, len) = self.slots.get();
+        let index = retry::fallback_index(cause, len);
+        let word = self.slots.slot(index)?;
+        let (old, updated) = word
+            .hold_waiting(Reach::Cpu(index), |value| update(value, &mut f))
+            // Held by an outer frame of this thread: see `fetch_update_on`.
+            .unwrap_or_else(|_| update(word, &mut f));
         updated.then_some(old)
     }
-
-    /// The fallback path: the guarded update of the current CPU's word. If
-    /// no fence can be made, the thread yields and the caller tries again
-    /// (a process that forbids both fences while mixing paths waits here).
-    #[cold]
-    fn fallback(
-        &self,
-        base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
-        len: usize,
-        exhausted: bool,
-        mut f: impl FnMut(u64) -> Option<u64>,
-    ) -> (u64, bool) {
-        stats::record_fallback(exhausted);
-        let index = cpu::fold(cpu::raw_cpu(), len);
-        // SAFETY: `index` was folded below the slot count.
-        let slot = unsafe { &(*base.as_ptr().add(index)).0 };
-        let key = (self as *const Self as usize, index);
-        guard::hold_waiting(&slot.guard, key, Reach::Cpu(index), |_| {
-            update(slot, &mut f)
-        })
-    }
-
-    /// Owns word `index` through its guard ([`guard::hold`]), updates it
-    /// and releases it. Returns (old value, updated).
-    fn guarded(
-        &self,
-        base: core::ptr::NonNull<crate::slots::Padded<Guarded>>,
-        index: usize,
-        mut f: impl FnMut(u64) -> Option<u64>,
-    ) -> Result<(u64, bool), fence::FenceError> {
-        // SAFETY: callers pass `index` below the slot count.
-        let slot = unsafe { &(*base.as_ptr().add(index)).0 };
-        let key = (self as *const Self as usize, index);
-        guard::hold(&slot.guard, key, Reach::Cpu(index), |_| {
-            update(slot, &mut f)
-        })
-    }
 }
 
-/// The update under the guard, like a compare-exchange loop: if `f` itself
-/// updated this word (a nested call, which finds the guard held by its own
-/// thread), its result is stale and `f` runs again. Returns (old value,
-/// updated).
-fn update(slot: &Guarded, f: &mut impl FnMut(u64) -> Option<u64>) -> (u64, bool) {
+/// The update under the guard: a compare-exchange loop, so that an update
+/// of the same word from an outer or inner frame of this thread (a nested
+/// call from `f`, or a signal handler) is never lost; `f` then runs again
+/// on the new value. Returns (old value, updated).
+fn update(value: &AtomicU64, f: &mut impl FnMut(u64) -> Option<u64>) -> (u64, bool) {
+    let mut old = value.load(Ordering::Acquire);
     loop {
-        let old = slot.value.load(Ordering::Acquire);
-        let new = f(old);
-        if slot.value.load(Ordering::Acquire) != old {
-            continue;
-        }
-        if let Some(new) = new {
-            slot.value.store(new, Ordering::Release);
-        }
-        return (old, new.is_some());
-    }
-}
-
-/// Why an operation on another CPU's data (or a slot chosen by index) could
-/// not be done: [`PerCpuU64::fetch_update_on`], [`PerCpu::lock_slot`],
-/// [`Stack::pop_all_on`], [`Pool::flush`], [`Buffer::drain`] and the like.
-///
-/// [`PerCpu::lock_slot`]: crate::PerCpu::lock_slot
-/// [`Stack::pop_all_on`]: crate::Stack::pop_all_on
-/// [`Pool::flush`]: crate::Pool::flush
-/// [`Buffer::drain`]: crate::Buffer::drain
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RemoteError {
-    /// The CPU is not below [`possible_cpus`](crate::possible_cpus).
-    NoSuchCpu,
-    /// No fence could be made; nothing was changed.
-    Fence(fence::FenceError),
-    /// The calling thread already holds this slot (a nested call).
-    Busy,
-}
-
-impl core::fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            RemoteError::NoSuchCpu => f.write_str("no such CPU"),
-            RemoteError::Fence(e) => e.fmt(f),
-            RemoteError::Busy => f.write_str("this thread already holds that slot"),
-        }
-    }
-}
-
-impl std::error::Error for RemoteError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RemoteError::Fence(e) => Some(e),
-            _ => None,
+        let Some(new) = f(old) else {
+            return (old, false);
+        };
+        match value.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return (old, true),
+            Err(now) => old = now,
         }
     }
 }

@@ -9,7 +9,8 @@
 
 use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
 
-use crate::{abi, cpu, sys};
+use super::{cpu_list, sys};
+use crate::{abi, arch};
 
 /// The environment variable that turns rseq off for the whole process: when
 /// set at first use to anything but `0`, `false`, `no`, `off` or the empty
@@ -133,18 +134,27 @@ fn detect() -> ProcessInfo {
         kernel_feature_size: sys::auxval(abi::AT_RSEQ_FEATURE_SIZE)
             .and_then(|v| u32::try_from(v).ok()),
         kernel_align: sys::auxval(abi::AT_RSEQ_ALIGN).and_then(|v| u32::try_from(v).ok()),
-        possible_cpus: cpu::detect_possible_cpus(),
+        possible_cpus: cpu_list::possible(),
     }
 }
 
 fn detect_libc() -> LibcRseq {
-    let offset = sys::data_symbol(c"__rseq_offset")
+    // The symbols are referenced weakly at link time, so a static binary
+    // (which has no dynamic loader to ask) finds glibc's definitions, and a
+    // libc without them (musl, glibc before 2.35) leaves them null. `dlsym`
+    // remains a second chance for a dynamic libc the link did not see.
+    let [offset, size, flags] = arch::libc_rseq_symbols();
+    let find = |weak: *const u8, name| match weak.is_null() {
+        false => Some(weak as *const core::ffi::c_void),
+        true => sys::data_symbol(name),
+    };
+    let offset = find(offset, c"__rseq_offset")
         // SAFETY: glibc defines `__rseq_offset` as a `const ptrdiff_t`.
         .map(|p| unsafe { *(p as *const isize) });
-    let size = sys::data_symbol(c"__rseq_size")
+    let size = find(size, c"__rseq_size")
         // SAFETY: glibc defines `__rseq_size` as a `const unsigned int`.
         .map(|p| unsafe { *(p as *const u32) });
-    let flags = sys::data_symbol(c"__rseq_flags")
+    let flags = find(flags, c"__rseq_flags")
         // SAFETY: glibc defines `__rseq_flags` as a `const unsigned int`.
         .map(|p| unsafe { *(p as *const u32) });
     LibcRseq {
@@ -155,7 +165,7 @@ fn detect_libc() -> LibcRseq {
 }
 
 /// The feature size usable through libc's area, from `__rseq_size`
-/// (RSEQ_NOTES §3): glibc 2.35–2.40 report 20 or 32 for the original 32-byte
+/// (glibc manual, "Restartable Sequences"; `sys/rseq.h`): glibc 2.35–2.40 report 20 or 32 for the original 32-byte
 /// layout, in which case the kernel's feature size (capped at 32) applies;
 /// later versions report the feature size itself.
 pub(crate) fn libc_feature_size(libc_size: u32, kernel_feature_size: Option<u32>) -> u32 {

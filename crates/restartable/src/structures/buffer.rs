@@ -5,21 +5,21 @@ use core::cell::UnsafeCell;
 use core::mem::{size_of, MaybeUninit};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::fence::FenceError;
-use crate::guard::{self, Reach};
-use crate::ops::{Fallback, MAX_ATTEMPTS};
-use crate::section::{Index, Order, Outcome, Thread};
-use crate::table::Table;
-use crate::{cpu, stats, RemoteError};
+use super::kit::guard::{Guarded, Reach, Refused};
+use super::kit::retry::{self, Step};
+use super::kit::sparse::SparseSlots;
+use super::RemoteError;
+use crate::section::{Index, Order};
+use crate::stats::Cause;
 
-/// One CPU's buffer.
-struct Slot<T> {
-    /// Records in `records[..count]`.
+/// One CPU's records: `records[..count]` were written by committed pushes.
+struct Records<T> {
     count: AtomicU64,
-    /// Non-zero while a thread works on this buffer without a section.
-    guard: AtomicU64,
     records: Box<[UnsafeCell<MaybeUninit<T>>]>,
 }
+
+/// One CPU's buffer, guarded.
+type Slot<T> = Guarded<Records<T>>;
 
 /// [`Buffer::push`] found the current CPU's buffer full: the record comes
 /// back.
@@ -56,9 +56,15 @@ impl<T: core::fmt::Debug> std::error::Error for Full<T> {}
 /// make it. Later pushes are async-signal-safe.
 ///
 /// Without rseq (or after 16 aborts in a row) a push takes the guard
-/// protocol itself (a compare-exchange, and a fence while other threads
-/// use rseq). Memory: `capacity * size_of::<T>()` bytes for each CPU that
-/// pushed.
+/// protocol itself: a compare-exchange, no system call (and a fence while
+/// other threads use rseq). A signal handler that interrupts its thread
+/// while that thread holds its CPU's buffer's guard appends to another
+/// CPU's buffer instead, or gets [`Full`] if none can take the record.
+/// Memory: `capacity * size_of::<T>()` bytes for each CPU that pushed.
+///
+/// A [`drain`](Self::drain) callback that panics loses the records it was
+/// given: they had left the buffer before the callback ran. Records of
+/// CPUs not drained yet stay in their buffers.
 ///
 /// ```
 /// use restartable::Buffer;
@@ -81,7 +87,7 @@ impl<T: core::fmt::Debug> std::error::Error for Full<T> {}
 /// assert_eq!(seen, 400);
 /// ```
 pub struct Buffer<T> {
-    slots: Table<Slot<T>>,
+    slots: SparseSlots<Slot<T>>,
     capacity: usize,
 }
 
@@ -101,7 +107,7 @@ impl<T: Copy> Buffer<T> {
             "Buffer::new: capacity * size_of::<T>() exceeds isize::MAX bytes"
         );
         Buffer {
-            slots: Table::new(),
+            slots: SparseSlots::new(),
             capacity,
         }
     }
@@ -116,27 +122,71 @@ impl<T: Copy> Buffer<T> {
     /// # Errors
     /// [`Full`], with the record, when that buffer is full.
     pub fn push(&self, record: T) -> Result<(), Full<T>> {
-        if let Some(t) = Thread::current() {
-            if let Ok(done) = self.push_section(&t, &record) {
-                return done.map_err(|()| Full(record));
-            }
-        }
-        stats::record_fallback(Thread::current().is_some());
-        let index = cpu::fold(cpu::raw_cpu(), self.slots.len());
-        let Some(slot) = self.slot(index) else {
-            return Err(Full(record));
-        };
-        let key = (self as *const Self as usize, index);
-        let pushed = guard::hold_waiting(&slot.guard, key, Reach::Cpu(index), |_| {
-            let n = slot.count.load(Ordering::Relaxed) as usize;
-            let place = slot.records.get(n)?;
-            // SAFETY: the buffer is ours under the guard; `place` is past
-            // the records in use.
-            unsafe { (*place.get()).write(record) };
-            slot.count.store(n as u64 + 1, Ordering::Release);
-            Some(())
+        let pushed = retry::sections(Index::Cpu, |t, id| {
+            let Some(slot) = self.slot(id.as_usize()) else {
+                return Step::Leave(Cause::IdOutOfRange);
+            };
+            let n = slot.count.load(Ordering::Relaxed);
+            let Some(place) = slot.records.get(n as usize) else {
+                return Step::Done(false);
+            };
+            // SAFETY: the count is written only by sections on this CPU
+            // (which check the guard first) and by guard holders after a
+            // fence; `place` is the free place after the `n` records, which
+            // only a push committing `n + 1` publishes; `record` is a `T`.
+            Step::from(unsafe {
+                t.memcpy_then_store_guarded(
+                    id,
+                    Order::Release,
+                    slot.count.as_ptr(),
+                    n,
+                    place.get() as *mut u8,
+                    &record as *const T as *const u8,
+                    size_of::<T>(),
+                    n + 1,
+                    slot.guard_ptr(),
+                )
+            })
+            .map(|()| true)
         });
-        pushed.ok_or(Full(record))
+        let done = match pushed {
+            Ok(done) => done,
+            Err(cause) => self.push_fallback(cause, record),
+        };
+        match done {
+            true => Ok(()),
+            false => Err(Full(record)),
+        }
+    }
+
+    /// The fallback path: appends under the guard of the current CPU's
+    /// buffer, or, when an outer frame of this thread holds that guard,
+    /// of the first other buffer that exists and has room.
+    #[cold]
+    fn push_fallback(&self, cause: Cause, record: T) -> bool {
+        let here = retry::fallback_index(cause, self.slots.len());
+        let append = |slot: &Slot<T>, index| {
+            slot.hold_waiting(Reach::Cpu(index), |records| {
+                let n = records.count.load(Ordering::Relaxed) as usize;
+                let Some(place) = records.records.get(n) else {
+                    return false;
+                };
+                // SAFETY: the buffer is ours under the guard; `place` is
+                // past the records in use.
+                unsafe { (*place.get()).write(record) };
+                records.count.store(n as u64 + 1, Ordering::Release);
+                true
+            })
+        };
+        match self.slot(here).map(|slot| append(slot, here)) {
+            Some(Ok(done)) => done,
+            None => false,
+            Some(Err(_mine)) => self
+                .slots
+                .iter()
+                .filter(|&(i, _)| i != here)
+                .any(|(i, slot)| append(slot, i) == Ok(true)),
+        }
     }
 
     /// Drains every CPU's buffer, calling `f(cpu, records)` for each that
@@ -195,18 +245,22 @@ impl<T: Copy> Buffer<T> {
             return Ok(0);
         }
         scratch.clear();
-        self.guarded(slot, cpu, |slot| {
-            let n = (slot.count.load(Ordering::Acquire) as usize).min(slot.records.len());
+        let copied = slot.hold(Reach::Cpu(cpu), |records| {
+            let n = (records.count.load(Ordering::Acquire) as usize).min(records.records.len());
             // SAFETY: the buffer is ours under the guard, and its first `n`
             // records were written by committed pushes.
             scratch.extend(
-                slot.records[..n]
+                records.records[..n]
                     .iter()
                     .map(|r| unsafe { (*r.get()).assume_init() }),
             );
-            slot.count.store(0, Ordering::Release);
-        })
-        .map_err(RemoteError::Fence)?;
+            records.count.store(0, Ordering::Release);
+        });
+        match copied {
+            Ok(()) => {}
+            Err(Refused::Mine) => return Err(RemoteError::Busy),
+            Err(Refused::Fence(e)) => return Err(RemoteError::Fence(e)),
+        }
         // The caller's code runs after the guard is released.
         if !scratch.is_empty() {
             f(cpu, scratch);
@@ -215,69 +269,15 @@ impl<T: Copy> Buffer<T> {
     }
 
     fn slot(&self, index: usize) -> Option<&Slot<T>> {
-        self.slots.get_or_init(index, || Slot {
-            count: AtomicU64::new(0),
-            guard: AtomicU64::new(0),
-            // No per-record initialization: O(1) for zero-sized records.
-            // SAFETY: `UnsafeCell<MaybeUninit<T>>` may hold any bytes,
-            // uninitialized ones included.
-            records: unsafe { Box::new_uninit_slice(self.capacity).assume_init() },
+        self.slots.get_or_init(index, || {
+            Guarded::new(Records {
+                count: AtomicU64::new(0),
+                // No per-record initialization: O(1) for zero-sized records.
+                // SAFETY: `UnsafeCell<MaybeUninit<T>>` may hold any bytes,
+                // uninitialized ones included.
+                records: unsafe { Box::new_uninit_slice(self.capacity).assume_init() },
+            })
         })
-    }
-
-    /// The push section, retried: `Ok(Err(()))` when the buffer is full.
-    fn push_section(&self, t: &Thread, record: &T) -> Result<Result<(), ()>, Fallback> {
-        let (mut aborts, mut waits) = (0, 0);
-        while aborts < MAX_ATTEMPTS {
-            let id = t.id(Index::Cpu).ok_or(Fallback)?;
-            let slot = self.slot(id.as_usize()).ok_or(Fallback)?;
-            let n = slot.count.load(Ordering::Relaxed);
-            let Some(place) = slot.records.get(n as usize) else {
-                return Ok(Err(()));
-            };
-            // SAFETY: the count is written only by sections on this CPU
-            // (which check the guard first) and by guard holders after a
-            // fence; `place` is the free place after the `n` records, which
-            // only a push committing `n + 1` publishes; `record` is a `T`.
-            let outcome = unsafe {
-                t.memcpy_then_store_guarded(
-                    id,
-                    Order::Release,
-                    slot.count.as_ptr(),
-                    n,
-                    place.get() as *mut u8,
-                    record as *const T as *const u8,
-                    size_of::<T>(),
-                    n + 1,
-                    slot.guard.as_ptr(),
-                )
-            };
-            match outcome {
-                Outcome::Committed(()) => return Ok(Ok(())),
-                Outcome::Aborted => {
-                    stats::record_abort();
-                    aborts += 1;
-                }
-                Outcome::CompareFailed { which: 1, seen } => {
-                    if guard::give_up(seen, &mut waits) {
-                        return Err(Fallback);
-                    }
-                }
-                // Another push or a drain came between.
-                Outcome::CompareFailed { .. } => {}
-            }
-        }
-        Err(Fallback)
-    }
-
-    fn guarded<R>(
-        &self,
-        slot: &Slot<T>,
-        index: usize,
-        f: impl FnOnce(&Slot<T>) -> R,
-    ) -> Result<R, FenceError> {
-        let key = (self as *const Self as usize, index);
-        guard::hold(&slot.guard, key, Reach::Cpu(index), |_| f(slot))
     }
 }
 

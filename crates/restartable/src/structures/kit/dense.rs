@@ -1,46 +1,26 @@
-//! A lazily allocated array of cache-line-separated slots, one per possible
-//! CPU: the storage under every per-CPU structure.
+//! [`DenseSlots`]: one slot per possible CPU, all allocated together on
+//! first use: the storage of the structures every CPU uses at once
+//! ([`Counter`](crate::Counter), [`PerCpuU64`](crate::PerCpuU64)).
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use crate::process;
+use super::padded::{Padded, SLOT_SIZE};
+use crate::runtime::process;
 
-/// Bytes between slots: two cache lines on x86-64 and aarch64, whose
-/// prefetchers pull lines in pairs, so neighbouring CPUs never share one.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) const SLOT_SHIFT: u32 = 7;
-/// Bytes between slots (log2) elsewhere: one cache line.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub(crate) const SLOT_SHIFT: u32 = 6;
-
-/// Slot size in bytes.
-pub(crate) const SLOT_SIZE: usize = 1 << SLOT_SHIFT;
-
-/// A slot holding `T` padded to [`SLOT_SIZE`] bytes.
-#[cfg_attr(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    repr(C, align(128))
-)]
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    repr(C, align(64))
-)]
-pub(crate) struct Padded<T>(pub(crate) T);
-
-/// One `T` per possible CPU, allocated on first use. `T: Default` values
-/// start every slot.
-pub(crate) struct Slots<T> {
+/// One `T` per possible CPU, each padded to [`SLOT_SIZE`] bytes, all
+/// allocated by the first use. `T: Default` values start every slot.
+pub(crate) struct DenseSlots<T> {
     ptr: AtomicPtr<Padded<T>>,
     len: AtomicUsize,
     _owns: PhantomData<Box<[Padded<T>]>>,
 }
 
-impl<T: Default> Slots<T> {
+impl<T: Default> DenseSlots<T> {
     pub(crate) const fn new() -> Self {
         const { assert!(core::mem::size_of::<Padded<T>>() == SLOT_SIZE) };
-        Slots {
+        DenseSlots {
             ptr: AtomicPtr::new(core::ptr::null_mut()),
             len: AtomicUsize::new(0),
             _owns: PhantomData,
@@ -54,6 +34,16 @@ impl<T: Default> Slots<T> {
             Some(ptr) => (ptr, self.len.load(Ordering::Relaxed)),
             None => self.allocate(),
         }
+    }
+
+    /// Slot `index`, allocating the slots on first use; `None` when `index`
+    /// is not below the possible CPUs.
+    #[inline(always)]
+    pub(crate) fn slot(&self, index: usize) -> Option<&T> {
+        let (base, len) = self.get();
+        // SAFETY: `index < len` slots live behind `base` until `drop`,
+        // which needs `&mut self`.
+        (index < len).then(|| unsafe { &(*base.as_ptr().add(index)).0 })
     }
 
     /// The slots if they exist (no allocation).
@@ -95,7 +85,7 @@ impl<T: Default> Slots<T> {
     }
 }
 
-impl<T> Drop for Slots<T> {
+impl<T> Drop for DenseSlots<T> {
     fn drop(&mut self) {
         let ptr = *self.ptr.get_mut();
         if !ptr.is_null() {
@@ -107,6 +97,6 @@ impl<T> Drop for Slots<T> {
 }
 
 // SAFETY: the slots are shared between threads only through `&T`.
-unsafe impl<T: Send + Sync> Sync for Slots<T> {}
+unsafe impl<T: Send + Sync> Sync for DenseSlots<T> {}
 // SAFETY: moving the owner moves the owned allocation.
-unsafe impl<T: Send> Send for Slots<T> {}
+unsafe impl<T: Send> Send for DenseSlots<T> {}

@@ -1,4 +1,8 @@
-//! The per-CPU operations as raw critical sections (RSEQ_NOTES §5).
+//! The per-CPU operations as raw critical sections.
+//!
+//! The layer between the runtime (which thread area, which CPU) and the
+//! structures: each operation of the vocabulary, specified once here and
+//! written per architecture in `arch`.
 //!
 //! Each operation is one attempt at one critical section on data the caller
 //! chose by an [`Id`] (a CPU number or a concurrency id, `mm_cid`). The
@@ -20,10 +24,13 @@
 //!
 //! `compare_store`, `pop`, `store_then_store` and `memcpy_then_store` also
 //! come *guarded* (`compare_store_guarded`, `pop_guarded`, ...): the section
-//! first reads a guard word (acquire) and fails with
-//! `CompareFailed { which: 1 }` unless it is 0, which is how a thread on
-//! another CPU, or one without rseq, keeps sections out of data it works on
-//! (set the guard, then [`fence`](crate::fence)).
+//! first reads a guard word (acquire) and returns [`Outcome::Guarded`]
+//! unless it is 0, which is how a thread on another CPU, or one without
+//! rseq, keeps sections out of data it works on (set the guard, then
+//! [`fence`](crate::fence)).
+//!
+//! ABI source: `include/uapi/linux/rseq.h` (`struct rseq_cs`, the abort
+//! signature) and `man 2 rseq`; see [`abi`](crate::abi).
 //!
 //! # Safety contract of every operation
 //!
@@ -32,7 +39,7 @@
 //! - The words an operation *stores to* belong to the data of the CPU (or
 //!   concurrency id) `id` names, and nothing writes them except critical
 //!   sections using the same kind of id for that data, or code that first
-//!   stops such sections and fences them (see RSEQ_NOTES §5). A plain
+//!   stops such sections and fences them ([`fence`](crate::fence)). A plain
 //!   atomic read-modify-write from another thread racing a section on the
 //!   same word loses updates.
 //! - Words read but not written (the list nodes of [`pop`](Thread::pop))
@@ -46,9 +53,17 @@
 
 use core::sync::atomic::AtomicU64;
 
+pub mod inject;
+
 use crate::arch::{self, Attempt};
-use crate::registration::{self, AreaRef};
-use crate::{abi, ops, stats};
+use crate::runtime::registration::{self, AreaRef};
+use crate::{abi, stats};
+
+/// Attempts [`Thread::retry`] makes, and the structures make before they
+/// complete an operation on their fallback path instead: so a section that
+/// can never finish (a debugger single-stepping it, a signal on every
+/// attempt) cannot hang the caller.
+pub const MAX_ATTEMPTS: u32 = 16;
 
 /// Which per-thread id a section compares, and the caller used to pick its
 /// data.
@@ -108,6 +123,13 @@ pub enum Outcome<T = ()> {
         /// The value the section read there.
         seen: u64,
     },
+    /// A guarded operation found its guard word set to `seen` (non-zero):
+    /// another thread works on the data without a section. Nothing was
+    /// stored to the data.
+    Guarded {
+        /// The guard's value.
+        seen: u64,
+    },
     /// The kernel aborted the section (preemption, migration, signal), or
     /// the thread no longer has the id the caller passed. Nothing was
     /// committed; read the id again and retry.
@@ -120,13 +142,11 @@ pub struct RetriesExhausted;
 
 impl core::fmt::Display for RetriesExhausted {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "critical section aborted {} times in a row",
-            ops::MAX_ATTEMPTS
-        )
+        write!(f, "critical section aborted {MAX_ATTEMPTS} times in a row")
     }
 }
+
+impl std::error::Error for RetriesExhausted {}
 
 /// The calling thread's rseq area, proof that this thread can run critical
 /// sections. Neither `Send` nor `Sync`.
@@ -156,7 +176,7 @@ macro_rules! dispatch {
 }
 
 fn outcome<T>(area: AreaRef, attempt: Attempt, value: impl FnOnce() -> T, seen: u64) -> Outcome<T> {
-    ops::detach(area);
+    area.detach();
     match attempt {
         Attempt::Committed => Outcome::Committed(value()),
         Attempt::CompareFailed(which) => Outcome::CompareFailed { which, seen },
@@ -218,12 +238,12 @@ impl Thread {
         index: Index,
         mut attempt: impl FnMut(Id) -> Outcome<T>,
     ) -> Result<Outcome<T>, RetriesExhausted> {
-        for _ in 0..ops::MAX_ATTEMPTS {
+        for _ in 0..MAX_ATTEMPTS {
             let Some(id) = self.id(index) else {
                 return Err(RetriesExhausted);
             };
             match attempt(id) {
-                Outcome::Aborted => stats::record_abort(),
+                Outcome::Aborted => stats::record_abort(id.as_usize()),
                 done => return Ok(done),
             }
         }
@@ -261,8 +281,7 @@ impl Thread {
     }
 
     /// [`compare_store`](Self::compare_store) that first checks a guard
-    /// word: if `*guard != 0`, `CompareFailed { which: 1, .. }` and nothing
-    /// is stored. The same section as [`compare2_store`](Self::compare2_store)
+    /// word: if `*guard != 0`, [`Outcome::Guarded`] and nothing is stored. The same section as [`compare2_store`](Self::compare2_store)
     /// with `v2 = guard` and `expect2 = 0`.
     ///
     /// # Safety
@@ -279,7 +298,7 @@ impl Thread {
         guard: *const u64,
     ) -> Outcome {
         // SAFETY: the caller's contract.
-        unsafe { self.compare2_store(id, order, v, expect, guard, 0, new) }
+        guarded(unsafe { self.compare2_store(id, order, v, expect, guard, 0, new) })
     }
 
     /// `*v += count` (wrapping).
@@ -319,8 +338,8 @@ impl Thread {
     }
 
     /// [`pop`](Self::pop) that first checks a guard word: if
-    /// `*guard != 0`, `CompareFailed { which: 1, seen: *guard }` and
-    /// nothing is popped. The guard is read first with acquire ordering
+    /// `*guard != 0`, [`Outcome::Guarded`] with its value and nothing is
+    /// popped. The guard is read first with acquire ordering
     /// (see [`compare2_store`](Self::compare2_store)).
     ///
     /// # Safety
@@ -351,7 +370,7 @@ impl Thread {
                 (area, id.value, v, expect_not, offset, guard, &mut head, &mut seen)
             )
         };
-        outcome(self.area, attempt, || head, seen)
+        guarded(outcome(self.area, attempt, || head, seen))
     }
 
     /// `**(*p + offset) += count`: the word at `*p + offset` is a pointer,
@@ -384,7 +403,7 @@ impl Thread {
     /// a word that another thread sets, then fences the CPU
     /// ([`fence::fence_cpu`](crate::fence::fence_cpu)), to keep every
     /// section from committing to `v` while it works on `v` itself
-    /// (RSEQ_NOTES §5). A failed compare reports `which: 1` for `v2`,
+    /// ([`fence`](crate::fence)). A failed compare reports `which: 1` for `v2`,
     /// `which: 0` for `v`.
     ///
     /// # Safety
@@ -442,8 +461,8 @@ impl Thread {
     }
 
     /// [`store_then_store`](Self::store_then_store) that first checks a
-    /// guard word: if `*guard != 0`, `CompareFailed { which: 1, .. }` and
-    /// nothing is stored.
+    /// guard word: if `*guard != 0`, [`Outcome::Guarded`] and nothing is
+    /// stored.
     ///
     /// # Safety
     /// As [`store_then_store`](Self::store_then_store); `guard` is valid
@@ -475,7 +494,7 @@ impl Thread {
                 (area, id.value, v, expect, v2, new2, new, guard, &mut seen)
             )
         };
-        outcome(self.area, attempt, || (), seen)
+        guarded(outcome(self.area, attempt, || (), seen))
     }
 
     /// If `*v == expect`: copy `len` bytes from `src` to `dst`, then commit
@@ -516,8 +535,8 @@ impl Thread {
     }
 
     /// [`memcpy_then_store`](Self::memcpy_then_store) that first checks a
-    /// guard word: if `*guard != 0`, `CompareFailed { which: 1, .. }` and
-    /// nothing is copied.
+    /// guard word: if `*guard != 0`, [`Outcome::Guarded`] and nothing is
+    /// copied.
     ///
     /// # Safety
     /// As [`memcpy_then_store`](Self::memcpy_then_store); `guard` is valid
@@ -550,7 +569,16 @@ impl Thread {
                 (area, id.value, v, expect, dst, src, len, new, guard, &mut seen)
             )
         };
-        outcome(self.area, attempt, || (), seen)
+        guarded(outcome(self.area, attempt, || (), seen))
+    }
+}
+
+/// A guarded operation's outcome: its guard is compare number 1.
+#[inline(always)]
+fn guarded<T>(outcome: Outcome<T>) -> Outcome<T> {
+    match outcome {
+        Outcome::CompareFailed { which: 1, seen } => Outcome::Guarded { seen },
+        other => other,
     }
 }
 

@@ -1,7 +1,11 @@
 //! [`Counter`]: a per-CPU statistics counter.
 
-use crate::ops::{self, SplitWord};
-use crate::slots::Slots;
+mod fallback;
+mod section;
+mod word;
+
+use super::kit::dense::DenseSlots;
+use word::SplitWord;
 
 /// A per-CPU event counter: [`add`](Counter::add) touches only the slot of
 /// the CPU the thread runs on, as an rseq critical section (no lock, no
@@ -33,7 +37,7 @@ use crate::slots::Slots;
 /// The first `add` in a process allocates and may read `/sys`; do it
 /// outside signal handlers (later adds are async-signal-safe).
 pub struct Counter {
-    slots: Slots<SplitWord>,
+    slots: DenseSlots<SplitWord>,
 }
 
 impl Counter {
@@ -41,14 +45,14 @@ impl Counter {
     /// memory is allocated until the first [`add`](Counter::add).
     pub const fn new() -> Self {
         Counter {
-            slots: Slots::new(),
+            slots: DenseSlots::new(),
         }
     }
 
     /// Adds `n` to the current CPU's slot.
     #[inline]
     pub fn add(&self, n: u64) {
-        ops::add(self.slots.get(), n);
+        section::add(self.slots.get(), n);
     }
 
     /// Adds one.

@@ -1,4 +1,5 @@
-//! Per-thread rseq registration, cooperating with libc (RSEQ_NOTES §3).
+//! Per-thread rseq registration, cooperating with libc (glibc manual,
+//! "Restartable Sequences"; `man 2 rseq`).
 //!
 //! On first use in a thread the runtime decides, once:
 //! 1. [`DISABLE_ENV`](crate::DISABLE_ENV) is `1`: no rseq, no system call.
@@ -17,8 +18,9 @@ use core::ptr::NonNull;
 use core::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 
+use super::{process, stats, sys};
 use crate::abi::{self, Rseq};
-use crate::{arch, process, sys};
+use crate::arch;
 
 /// Who registered the calling thread's rseq area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -253,6 +255,11 @@ pub fn opt_out_current_thread() {
 
 thread_local! {
     static AREA: Cell<*const Rseq> = const { Cell::new(marker(UNDECIDED)) };
+    /// libc's area of this thread when libc registered it, also when this
+    /// thread does not run sections (rseq disabled, opted out): the fallback
+    /// paths read the CPU number from it, as glibc's `sched_getcpu` does,
+    /// without a call. Null otherwise.
+    static LIBC_AREA: Cell<*const Rseq> = const { Cell::new(core::ptr::null()) };
     static STATE: Cell<ThreadState> = const {
         Cell::new(ThreadState { owner: OWNER_NONE, feature_size: 0, reason: None })
     };
@@ -280,6 +287,17 @@ impl AreaRef {
     #[inline(always)]
     pub(crate) fn as_ptr(&self) -> *const Rseq {
         self.ptr.as_ptr()
+    }
+
+    /// Clears `rseq_cs` after a section. The kernel would clear it lazily,
+    /// but until then it points into this library's code and data; if the
+    /// library is unloaded (`dlclose`) meanwhile, the kernel's next look at
+    /// it kills the process (`man 2 rseq`: the descriptor must stay valid
+    /// while `rseq_cs` points to it). One store to a line the section just
+    /// wrote.
+    #[inline(always)]
+    pub(crate) fn detach(&self) {
+        self.get().set_rseq_cs(0);
     }
 }
 
@@ -318,8 +336,13 @@ pub(crate) fn is_current(area: AreaRef) -> bool {
 static ANY_SECTIONS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Whether any thread of this process may run critical sections.
+///
+/// A sequentially consistent load: a caller that set a guard with a
+/// sequentially consistent read-modify-write just before, and reads false
+/// here, is ordered before the first registration's store and fence, so
+/// every section that thread runs later sees the guard.
+#[inline]
 pub(crate) fn sections_in_process() -> bool {
-    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     ANY_SECTIONS.load(core::sync::atomic::Ordering::SeqCst)
 }
 
@@ -343,11 +366,13 @@ fn decide() -> Option<AreaRef> {
             return current;
         }
         AREA.set(marker(BUSY));
+        stats::thread_started();
+        LIBC_AREA.set(libc_area(&process::process_info()).unwrap_or(core::ptr::null()));
         let (area, state) = match choose() {
             Ok((area, owner, feature_size)) => (
                 {
-                    // SeqCst: pairs with the fence fallback paths make
-                    // between taking a guard and reading this flag.
+                    // SeqCst: pairs with the guard-taking compare-exchange
+                    // and the load in `sections_in_process`.
                     ANY_SECTIONS.store(true, core::sync::atomic::Ordering::SeqCst);
                     // A full fence, so this thread's later section loads (of
                     // guard words) cannot pass the store on aarch64 either.
@@ -380,6 +405,34 @@ fn decide() -> Option<AreaRef> {
     })
 }
 
+/// The CPU number from libc's area of the calling thread, when libc
+/// registered it (see `LIBC_AREA`).
+#[inline]
+pub(crate) fn libc_cpu_id() -> Option<i32> {
+    // SAFETY: a non-null LIBC_AREA is this thread's libc area, which lives
+    // as long as the thread; we only load from it.
+    let area = unsafe { LIBC_AREA.get().as_ref()? };
+    let cpu = area.cpu_id();
+    (cpu >= 0).then_some(cpu)
+}
+
+/// libc's registered area of the calling thread: at
+/// `thread pointer + __rseq_offset` when `__rseq_size != 0`, aligned, and
+/// reporting a CPU (libc registers the threads it creates; a raw clone, or
+/// a registration that failed, is not registered).
+fn libc_area(info: &process::ProcessInfo) -> Option<*const Rseq> {
+    if cfg!(miri) || !info.libc.registered() {
+        return None;
+    }
+    let ptr = arch::thread_pointer()?.wrapping_offset(info.libc.offset?) as *const Rseq;
+    if !ptr.is_aligned() {
+        return None;
+    }
+    // SAFETY: libc placed this thread's area at tp + __rseq_offset; we only
+    // load from it.
+    (unsafe { &*ptr }.cpu_id() >= 0).then_some(ptr)
+}
+
 fn choose() -> Result<(*const Rseq, u8, u32), FallbackReason> {
     if cfg!(miri) || abi::SIGNATURE == 0 {
         return Err(FallbackReason::Unsupported);
@@ -388,27 +441,12 @@ fn choose() -> Result<(*const Rseq, u8, u32), FallbackReason> {
     if info.disabled_by_user {
         return Err(FallbackReason::DisabledByUser);
     }
-    if let (true, Some(offset), Some(size), Some(tp)) = (
-        info.libc.registered(),
-        info.libc.offset,
-        info.libc.size,
-        arch::thread_pointer(),
-    ) {
-        let ptr = tp.wrapping_offset(offset) as *const Rseq;
-        if ptr.is_aligned() {
-            // SAFETY: libc placed this thread's area at tp + __rseq_offset;
-            // we only load from it.
-            let area = unsafe { &*ptr };
-            if area.cpu_id() >= 0 {
-                return Ok((
-                    ptr,
-                    OWNER_LIBC,
-                    process::libc_feature_size(size, info.kernel_feature_size),
-                ));
-            }
-        }
-        // libc registers the threads it creates; this one (a raw clone, or a
-        // registration that failed) is not registered, so register our own.
+    if let (Some(ptr), Some(size)) = (libc_area(&info), info.libc.size) {
+        return Ok((
+            ptr,
+            OWNER_LIBC,
+            process::libc_feature_size(size, info.kernel_feature_size),
+        ));
     }
     register_owned(info.kernel_feature_size, info.kernel_align)
 }

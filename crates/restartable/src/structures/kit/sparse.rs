@@ -1,28 +1,29 @@
-//! A table of lazily allocated slots, one per possible CPU (or concurrency
-//! id), each on cache lines of its own: the storage under the per-CPU
-//! structures. A slot's memory exists only once some thread used that
-//! index, so data indexed by `mm_cid` grows with the threads that run at
-//! once, not with the machine.
+//! [`SparseSlots`]: one slot per possible CPU (or concurrency id), each
+//! allocated on its own cache lines the first time a thread uses its
+//! index: the storage of [`PerCpu`](crate::PerCpu), [`Stack`](crate::Stack),
+//! [`Pool`](crate::Pool) and [`Buffer`](crate::Buffer). Data indexed by
+//! `mm_cid` therefore grows with the threads that run at once, and data a
+//! CPU never touched costs a pointer.
 
 use core::marker::PhantomData;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use crate::process;
-use crate::slots::Padded;
+use super::padded::Padded;
+use crate::runtime::process;
 
 /// Up to [`possible_cpus`](crate::possible_cpus) slots of `T`, each boxed
 /// on its own cache lines and created on first use.
-pub(crate) struct Table<T> {
+pub(crate) struct SparseSlots<T> {
     /// The array of slot pointers (null until first use), `len` long.
     slots: AtomicPtr<AtomicPtr<Padded<T>>>,
     len: AtomicUsize,
     _owns: PhantomData<Box<Padded<T>>>,
 }
 
-impl<T> Table<T> {
+impl<T> SparseSlots<T> {
     pub(crate) const fn new() -> Self {
-        Table {
+        SparseSlots {
             slots: AtomicPtr::new(ptr::null_mut()),
             len: AtomicUsize::new(0),
             _owns: PhantomData,
@@ -144,7 +145,7 @@ impl<T> Table<T> {
     }
 }
 
-impl<T> Drop for Table<T> {
+impl<T> Drop for SparseSlots<T> {
     fn drop(&mut self) {
         let array = *self.slots.get_mut();
         if array.is_null() {
@@ -164,9 +165,9 @@ impl<T> Drop for Table<T> {
 }
 
 // SAFETY: slots are shared between threads only through `&T`.
-unsafe impl<T: Send + Sync> Sync for Table<T> {}
+unsafe impl<T: Send + Sync> Sync for SparseSlots<T> {}
 // SAFETY: moving the table moves the owned slots.
-unsafe impl<T: Send> Send for Table<T> {}
+unsafe impl<T: Send> Send for SparseSlots<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -174,7 +175,7 @@ mod tests {
 
     #[test]
     fn slots_are_created_once_and_walked() {
-        let mut table: Table<u64> = Table::new();
+        let mut table: SparseSlots<u64> = SparseSlots::new();
         assert!(table.get(0).is_none());
         assert_eq!(table.iter().count(), 0);
         assert_eq!(*table.get_or_init(0, || 7).unwrap(), 7);

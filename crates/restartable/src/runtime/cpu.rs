@@ -5,7 +5,7 @@
 //! [`possible_cpus`] elements, whatever the kernel reports: a value out of
 //! range is folded back into range rather than trusted.
 
-use crate::{process, registration, sys};
+use super::{cpu_list, process, registration, sys};
 
 /// Number of *possible* CPUs: the highest CPU number in
 /// `/sys/devices/system/cpu/possible` plus one, or
@@ -20,57 +20,7 @@ pub fn possible_cpus() -> usize {
 /// Number of CPUs online now (`/sys/devices/system/cpu/online`, or
 /// `sysconf(_SC_NPROCESSORS_ONLN)`); at least 1.
 pub fn online_cpus() -> usize {
-    read_cpu_list(c"/sys/devices/system/cpu/online", true)
-        .or_else(|| sys::sysconf_cpus(true))
-        .unwrap_or(1)
-        .max(1)
-}
-
-pub(crate) fn detect_possible_cpus() -> usize {
-    read_cpu_list(c"/sys/devices/system/cpu/possible", false)
-        .or_else(|| sys::sysconf_cpus(false))
-        .unwrap_or(1)
-        .max(1)
-}
-
-/// Reads a kernel CPU list file ("0-3,8,10-11"): with `count`, the number of
-/// CPUs listed; otherwise the highest CPU listed plus one.
-fn read_cpu_list(path: &core::ffi::CStr, count: bool) -> Option<usize> {
-    let mut buf = [0u8; 512];
-    let text = sys::read_small_file(path, &mut buf)?;
-    parse_cpu_list(text, count)
-}
-
-/// Parses a kernel CPU list; `None` when it is malformed or empty.
-pub(crate) fn parse_cpu_list(text: &[u8], count: bool) -> Option<usize> {
-    let text = core::str::from_utf8(text).ok()?.trim();
-    if text.is_empty() {
-        return None;
-    }
-    let mut highest = 0usize;
-    let mut listed = 0usize;
-    for range in text.split(',') {
-        let (lo, hi) = match range.split_once('-') {
-            Some((lo, hi)) => (
-                lo.trim().parse::<usize>().ok()?,
-                hi.trim().parse::<usize>().ok()?,
-            ),
-            None => {
-                let cpu = range.trim().parse::<usize>().ok()?;
-                (cpu, cpu)
-            }
-        };
-        if hi < lo {
-            return None;
-        }
-        highest = highest.max(hi);
-        listed = listed.checked_add((hi - lo).checked_add(1)?)?;
-    }
-    Some(if count {
-        listed
-    } else {
-        highest.checked_add(1)?
-    })
+    cpu_list::online()
 }
 
 /// The CPU the calling thread is running on, as an index below
@@ -120,8 +70,9 @@ pub fn current_mm_cid_or_cpu() -> usize {
     current_mm_cid().unwrap_or_else(current_cpu)
 }
 
-/// The raw CPU number: rseq `cpu_id`, else `sched_getcpu`, else a per-thread
-/// stand-in (under Miri and where the OS cannot tell).
+/// The raw CPU number: rseq `cpu_id` (of the thread's area, or of libc's
+/// when the thread does not use rseq), else `sched_getcpu`, else a
+/// per-thread stand-in (under Miri and where the OS cannot tell).
 #[inline]
 pub(crate) fn raw_cpu() -> i64 {
     if let Some(area) = registration::area() {
@@ -130,7 +81,10 @@ pub(crate) fn raw_cpu() -> i64 {
             return cpu as i64;
         }
     }
-    fallback_cpu() as i64
+    match registration::libc_cpu_id() {
+        Some(cpu) => cpu as i64,
+        None => fallback_cpu() as i64,
+    }
 }
 
 /// The CPU as the fallback path sees it: `sched_getcpu()`, or where that
@@ -169,19 +123,6 @@ pub(crate) fn fold(id: i64, len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_kernel_cpu_lists() {
-        assert_eq!(parse_cpu_list(b"0-1\n", false), Some(2));
-        assert_eq!(parse_cpu_list(b"0-1\n", true), Some(2));
-        assert_eq!(parse_cpu_list(b"0-3,8,10-11\n", false), Some(12));
-        assert_eq!(parse_cpu_list(b"0-3,8,10-11\n", true), Some(7));
-        assert_eq!(parse_cpu_list(b"0\n", false), Some(1));
-        assert_eq!(parse_cpu_list(b"", false), None);
-        assert_eq!(parse_cpu_list(b"3-1", false), None);
-        assert_eq!(parse_cpu_list(b"x", false), None);
-        assert_eq!(parse_cpu_list(b"0-18446744073709551615", true), None);
-    }
 
     #[test]
     fn ids_are_always_in_range() {

@@ -1,9 +1,8 @@
 //! The rseq fence: after [`fence_cpu`] returns, every critical section that
 //! was running on that CPU has committed or aborted, and every section that
 //! starts there later sees what the caller wrote before the fence. This is
-//! how one thread works on another CPU's data (RSEQ_NOTES §5): stop new
-//! sections from entering the data (a guard word they check), fence, then
-//! work.
+//! how one thread works on another CPU's data: stop new sections from
+//! entering the data (a guard word they check), fence, then work.
 //!
 //! Two methods, chosen once per process:
 //! - `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` (Linux 5.10+,
@@ -18,7 +17,8 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::{abi, sys};
+use super::sys;
+use crate::abi;
 
 /// `MEMBARRIER_CMD_FLAG_CPU`: fence only the CPU given.
 const MEMBARRIER_CMD_FLAG_CPU: u32 = 1;
