@@ -2,33 +2,57 @@
 # Runs every test of the project: formatting, clippy, the aarch64 library
 # build, the workspace tests twice (plain sections, then the compare-twice
 # and fault-injection build; both insist that the rseq path really runs
-# here), the library's unit tests under Miri, and the aarch64 sections on a
-# real arm64 kernel under qemu-system-aarch64. Installs missing
-# prerequisites first. This is THE test command; .ci/run calls it.
+# here), a statically linked glibc build and a musl build with their tests
+# (scripts/environments.sh), the library's unit tests under Miri, and the
+# aarch64 sections on a real arm64 kernel under qemu-system-aarch64.
+# Installs missing prerequisites first (scripts/lib/packages.sh: never
+# removes or changes an installed package). Prints each step's time and a
+# summary. This is THE test command; .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 passed=0
 step_name="prerequisites"
-on_err() { echo "test.sh: step '$step_name' failed" >&2; }
+step_start=$SECONDS
+timings=()
+summary() {
+    local t
+    echo
+    echo "step times:"
+    for t in "${timings[@]}"; do echo "  $t"; done
+    echo "  total: ${SECONDS}s"
+}
+on_err() {
+    timings+=("$(printf '%5ss  %s (FAILED)' $((SECONDS - step_start)) "$step_name")")
+    summary >&2
+    echo "test.sh: step '$step_name' failed after $((SECONDS - step_start))s" >&2
+}
 trap on_err ERR
 
-step() { step_name="$1"; echo; echo "==> $1"; }
-ok() { passed=$((passed + 1)); }
+step() { step_name="$1"; step_start=$SECONDS; echo; echo "==> [$(date +%T), +${SECONDS}s] $1"; }
+ok() { # ok [--uncounted]
+    [[ ${1:-} == --uncounted ]] || passed=$((passed + 1))
+    timings+=("$(printf '%5ss  %s' $((SECONDS - step_start)) "$step_name")")
+    echo "<== $step_name: ok in $((SECONDS - step_start))s"
+}
 
 # --- prerequisites (install only what is missing) ---------------------------
 step "prerequisites"
-if ! command -v valgrind >/dev/null 2>&1; then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "test.sh: valgrind is not installed and we are not root; install it (apt-get install valgrind)" >&2
-        false
+# shellcheck source=lib/packages.sh
+source scripts/lib/packages.sh
+missing=()
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+command -v file >/dev/null 2>&1 || missing+=(file)
+command -v nm >/dev/null 2>&1 || missing+=(binutils)
+if ((${#missing[@]})); then
+    pkg_install "${missing[@]}"
+fi
+for target in aarch64-unknown-linux-gnu x86_64-unknown-linux-musl; do
+    if ! grep -qx "$target" <<<"$(rustup target list --toolchain stable --installed)"; then
+        rustup target add "$target" --toolchain stable
     fi
-    apt-get update && apt-get install -y valgrind
-fi
-if ! rustup target list --toolchain stable --installed | grep -qx aarch64-unknown-linux-gnu; then
-    rustup target add aarch64-unknown-linux-gnu --toolchain stable
-fi
-if ! rustup toolchain list | grep -q '^nightly'; then
+done
+if ! grep -q "^nightly" <<<"$(rustup toolchain list)"; then
     rustup toolchain install nightly --profile minimal
 fi
 nightly_components=$(rustup component list --toolchain nightly --installed 2>/dev/null || true)
@@ -36,6 +60,7 @@ if ! grep -q '^miri' <<<"$nightly_components" || ! grep -q '^rust-src' <<<"$nigh
     rustup component add miri rust-src --toolchain nightly
 fi
 cargo +nightly miri setup
+ok --uncounted
 
 # --- the tests ---------------------------------------------------------------
 step "cargo fmt --check"
@@ -62,6 +87,14 @@ step "cargo test, compare-twice + fault-injection build (--all-features)"
 cargo test --workspace --all-features
 ok
 
+step "static glibc build: owner libc, and library with the tunable off (scripts/environments.sh static-glibc)"
+scripts/environments.sh static-glibc
+ok
+
+step "musl build and workspace tests (scripts/environments.sh musl)"
+scripts/environments.sh musl
+ok
+
 step "miri test (restartable --lib)"
 cargo +nightly miri test -p restartable --lib
 ok
@@ -70,5 +103,6 @@ step "aarch64 sections under qemu-system-aarch64 (scripts/aarch64-vm.sh)"
 scripts/aarch64-vm.sh
 ok
 
+summary
 echo
 echo "$passed passed, 0 failed"

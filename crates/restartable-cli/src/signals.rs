@@ -144,3 +144,21 @@ pub fn pin_to(cpu: usize) -> Result<(), String> {
         ))
     }
 }
+
+/// The CPUs the calling thread may run on (its affinity mask), in order.
+pub fn affinity() -> Result<Vec<usize>, String> {
+    // SAFETY: cpu_set_t is plain data that sched_getaffinity fills; CPU_ISSET
+    // reads within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(format!(
+                "cannot read this thread's CPU affinity: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect())
+    }
+}

@@ -90,6 +90,69 @@ fn bad_arguments_fail_cleanly() {
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
     }
+    // Negative and too large numbers get the option's range, not
+    // "unexpected argument".
+    for (args, range) in [
+        (&["bench", "counter", "--threads", "-1"][..], "1..=4096"),
+        (&["stress", "counter", "--ops", "-5"], "1..=1000000000"),
+        (&["stress", "counter", "--threads", "-3"], "1..=10000"),
+        (
+            &["bench", "counter", "--ops", "18446744073709551615"],
+            "1..=1000000000",
+        ),
+    ] {
+        let out = restartable(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(range) && !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Options that cannot apply are refused with a message, before anything
+/// runs.
+#[test]
+fn options_that_cannot_apply_are_refused() {
+    let fails = |args: &[&str], needle: &str| {
+        let out = restartable(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    fails(&["stress", "churn", "--ops", "5"], "--ops does not apply");
+    fails(
+        &["stress", "list", "--skip-registration", "1", "--ops", "10"],
+        "no fallback",
+    );
+    // One CPU in the affinity: pinning would test nothing.
+    let mut cmd = restartable(&["stress", "counter", "--pin-workers", "--ops", "10"]);
+    // SAFETY: between fork and exec the closure only calls
+    // sched_setaffinity on a set built in it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at least two CPUs"), "{stderr}");
+    // Injection in a build without it says how to build it.
+    let out = restartable(&["stress", "increment", "--ops", "1", "--inject", "0=1"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("-p restartable-cli --features inject"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -163,13 +226,22 @@ fn bench_structures_json_and_chart_cover_every_variant() {
         "thread_local",
     ];
     let records = ["buffer", "channel", "mutex_deque"];
-    assert_eq!(rows.len(), 2 * (reuse.len() + records.len()));
-    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
-    let _ = std::fs::remove_file(&svg);
-    for (group, variants, baselines) in [
+    let words = ["counter", "percpu_u64", "mutex_u64", "atomic_u64"];
+    let locks = ["percpu", "mutex_pair"];
+    let groups = [
         ("object_reuse", &reuse[..], &reuse[2..]),
         ("record_buffer", &records[..], &records[1..]),
-    ] {
+        ("word", &words[..], &words[2..]),
+        ("lock", &locks[..], &locks[1..]),
+    ];
+    let variants: usize = groups.iter().map(|g| g.1.len()).sum();
+    assert_eq!(rows.len(), 2 * variants);
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    let _ = std::fs::remove_file(&svg);
+    let path = json_of(&mut restartable(&["info", "--json"]))["rseq_available"]
+        .as_bool()
+        .map(|rseq| if rseq { "rseq" } else { "fallback" });
+    for (group, variants, baselines) in groups {
         for variant in variants {
             assert!(
                 chart.contains(&format!("{variant}: ")),
@@ -181,6 +253,7 @@ fn bench_structures_json_and_chart_cover_every_variant() {
                     .find(|r| r["variant"] == *variant && r["threads"] == threads)
                     .unwrap_or_else(|| panic!("no row for {variant} x{threads}"));
                 assert_eq!(row["group"], group, "{row}");
+                assert_eq!(row["path"].as_str(), path, "{row}");
                 assert!(row["ns_per_op"].as_f64().unwrap() > 0.0, "{row}");
                 assert!(row["mops"].as_f64().unwrap() > 0.0, "{row}");
                 assert_eq!(row["full"].is_u64(), group == "record_buffer", "{row}");
@@ -208,8 +281,185 @@ fn bench_structures_json_and_chart_cover_every_variant() {
         "online CPUs",
         "Object reuse",
         "Record buffer",
+        "Word",
+        "Lock",
     ] {
         assert!(chart.contains(label), "the chart lacks {label:?}");
     }
     assert_success(&out);
+}
+
+/// `--path both`: the fallback rows come from a second process with its own
+/// baselines, next to the rseq rows.
+#[test]
+fn bench_structures_runs_both_paths() {
+    let info = json_of(&mut restartable(&["info", "--json"]));
+    if info["rseq_available"] != true {
+        assert!(!require_rseq(), "rseq required: {info}");
+        return;
+    }
+    let rows = json_of(&mut restartable(&[
+        "bench",
+        "structures",
+        "--path",
+        "both",
+        "--variants",
+        "pool,mutex_vec,percpu_u64,mutex_u64",
+        "--threads",
+        "1",
+        "--duration",
+        "0.01",
+        "--json",
+    ]));
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    for path in ["rseq", "fallback"] {
+        for (ours, baseline) in [("pool", "mutex_vec"), ("percpu_u64", "mutex_u64")] {
+            let row = rows
+                .iter()
+                .find(|r| r["variant"] == ours && r["path"] == path)
+                .unwrap_or_else(|| panic!("no {ours} row on the {path} path: {rows:?}"));
+            assert!(row["vs"][baseline].as_f64().unwrap() > 0.0, "{row}");
+            assert_eq!(row["exact"], true, "{row}");
+        }
+    }
+    // The text table labels the fallback rows.
+    let out = restartable(&[
+        "bench",
+        "structures",
+        "--path",
+        "fallback",
+        "--variants",
+        "stack,mutex_vec",
+        "--threads",
+        "1",
+        "--ops",
+        "1000",
+    ])
+    .output()
+    .unwrap();
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("stack (fallback)") && text.contains("fallback path"),
+        "{text}"
+    );
+}
+
+#[test]
+fn repeated_variants_run_once() {
+    let rows = json_of(&mut restartable(&[
+        "bench",
+        "counter",
+        "--variants",
+        "counter,counter,thread_local,counter",
+        "--threads",
+        "1,1",
+        "--ops",
+        "100",
+        "--json",
+    ]));
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{rows}");
+}
+
+/// Thousands of threads: the harness releases them with one wake and each
+/// stops itself at the deadline, so a short run stays short.
+#[test]
+fn benchmarks_scale_to_thousands_of_threads() {
+    let started = std::time::Instant::now();
+    let mut child = restartable(&[
+        "bench",
+        "counter",
+        "--threads",
+        "4096",
+        "--duration",
+        "0.05",
+        "--variants",
+        "thread_local,counter",
+        "--json",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let limit = std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("bench counter with 4096 threads did not finish in {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    println!(
+        "[cli] 4096 threads, two variants of 0.05 s: {:?}",
+        started.elapsed()
+    );
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn stress_without_a_mode_runs_every_mode_briefly() {
+    let out = restartable(&["stress", "--threads", "4", "--ops", "300"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_success(&out);
+    let rseq = !text.contains("raw-section modes are skipped");
+    for mode in [
+        "counter",
+        "churn",
+        "fetch-update",
+        "percpu",
+        "stack",
+        "pool",
+        "drain",
+    ]
+    .into_iter()
+    .chain(
+        [
+            "increment",
+            "spinlock",
+            "list",
+            "buffer",
+            "memcpy",
+            "deref-add",
+        ]
+        .into_iter()
+        .filter(|_| rseq),
+    ) {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(mode))
+            .unwrap_or_else(|| panic!("no line for {mode}:\n{text}"));
+        assert!(line.ends_with("exact"), "{line}\n{text}");
+    }
+}
+
+/// In structure modes, `sum` and `expected` are the structure's check, and
+/// the signal handler's counter is reported on its own.
+#[test]
+fn stress_reports_the_structures_own_check() {
+    let report = json_of(&mut restartable(&[
+        "stress",
+        "stack",
+        "--threads",
+        "3",
+        "--ops",
+        "500",
+        "--json",
+    ]));
+    assert_eq!(report["exact"], true, "{report}");
+    assert!(
+        report["check"].as_str().unwrap().contains("nodes back"),
+        "{report}"
+    );
+    assert_eq!(report["sum"], report["expected"], "{report}");
+    let nodes = report["expected"].as_u64().unwrap();
+    assert!(
+        nodes >= 6,
+        "the stack's node count, not the signals: {report}"
+    );
+    assert_eq!(report["signal_sum"], report["signals_handled"], "{report}");
 }

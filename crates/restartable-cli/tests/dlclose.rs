@@ -1,4 +1,5 @@
-//! Unloading a library that ran critical sections (RSEQ_NOTES §3): the
+//! Unloading a library that ran critical sections (`man 2 rseq`: while
+//! `rseq_cs` is set it must point to a valid descriptor): the
 //! kernel must find neither a descriptor pointer into unmapped code nor a
 //! registered area in freed memory. A plugin (crates/dlclose-probe) counts
 //! with restartable in a child process, is dlclose'd, and the child then

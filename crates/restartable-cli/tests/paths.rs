@@ -44,7 +44,7 @@ fn info_reports_libc_registration_by_default() {
     let cpu = info["cpu_id"].as_u64().unwrap();
     assert!(cpu < info["possible_cpus"].as_u64().unwrap());
     let libc_registered = info["libc_rseq_size"].as_u64().is_some_and(|s| s != 0);
-    if require_rseq() || libc_registered {
+    if libc_registered {
         assert_eq!(
             info["owner"], "libc",
             "glibc registered rseq, so the library must adopt it: {info}"
@@ -61,17 +61,18 @@ fn info_reports_libc_registration_by_default() {
     }
 }
 
+// That the signal storm really aborts sections, and the restart path runs,
+// is made certain with injected delays: see tests/aborts.rs (built with the
+// `inject` feature). Here the storm only has to leave the counts exact.
+
 #[test]
-fn stress_on_libc_registration() {
+fn stress_on_the_default_registration() {
+    let owner = default_owner();
     let report = json_of(&mut restartable(STRESS));
     if require_rseq() || report["path"] == "rseq" {
-        check_stress(&report, "libc", "rseq", "libc");
-        assert!(
-            report["aborts"].as_u64().unwrap() > 0,
-            "the signal storm must abort some sections: {report}"
-        );
+        check_stress(&report, owner, "rseq", owner);
     } else {
-        check_stress(&report, "libc", "fallback", "none");
+        check_stress(&report, owner, "fallback", "none");
     }
 }
 
@@ -82,10 +83,6 @@ fn stress_on_library_registration_when_glibc_does_not_register() {
     let report = json_of(&mut cmd);
     if require_rseq() || report["path"] == "rseq" {
         check_stress(&report, "glibc tunable off", "rseq", "library");
-        assert!(
-            report["aborts"].as_u64().unwrap() > 0,
-            "the signal storm must abort some sections: {report}"
-        );
     } else {
         check_stress(&report, "glibc tunable off", "fallback", "none");
     }
@@ -204,7 +201,8 @@ fn thread_churn_counts_exactly() {
         "--json",
     ]));
     if require_rseq() || report["path"] == "rseq" {
-        check_stress(&report, "churn, libc", "rseq", "libc");
+        let owner = default_owner();
+        check_stress(&report, &format!("churn, {owner}"), "rseq", owner);
     }
     assert_eq!(report["sum"], 3000);
 
@@ -239,10 +237,14 @@ fn library_structures_are_exact_on_the_fallback_path() {
             "fallback",
             "none",
         );
-        assert!(
-            report["manager_rounds"].as_u64().unwrap_or(1) > 0,
-            "{report}"
-        );
+        // The workers start once the manager's first round has begun, so
+        // at least one round overlapped them (fetch-update has no manager).
+        if mode != "fetch-update" {
+            assert!(
+                report["manager_rounds"].as_u64().is_some_and(|r| r >= 1),
+                "{report}"
+            );
+        }
     }
 }
 
@@ -328,4 +330,53 @@ fn the_fence_reports_its_method_and_fails_clearly_without_one() {
             assert!(stderr.contains("no rseq fence"), "{stderr}");
         }
     }
+}
+
+/// The fallback path makes no system call per operation: every structure,
+/// driven by the benchmark with RESTARTABLE_DISABLE=1, under `strace -f -c`.
+/// A few hundred calls start the threads; a call per operation would be
+/// millions.
+#[test]
+fn the_fallback_path_makes_no_system_call_per_operation() {
+    let ops: u64 = 100_000;
+    let threads = 2;
+    let variants = "pool,stack,buffer,counter,percpu_u64,percpu";
+    let summary =
+        std::env::temp_dir().join(format!("restartable-strace-{}.txt", std::process::id()));
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&summary)
+        .arg(BIN)
+        .args(["bench", "structures", "--path", "fallback", "--json"])
+        .args(["--threads", &threads.to_string(), "--ops", &ops.to_string()])
+        .args(["--variants", variants])
+        .env_remove("GLIBC_TUNABLES")
+        .output()
+        .expect("strace is required by this test (scripts/test.sh installs it)");
+    assert_success(&out);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
+    let rows = rows.as_array().expect("rows");
+    for row in rows {
+        assert_eq!(row["path"], "fallback", "{row}");
+        assert_eq!(row["exact"], true, "{row}");
+    }
+    let table = std::fs::read_to_string(&summary).expect("strace's summary");
+    let _ = std::fs::remove_file(&summary);
+    // The last line: "100.00  seconds  usecs/call  calls  errors  total".
+    let total: u64 = table
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            // calls is the fourth column; an empty errors column shifts it.
+            fields.get(3).and_then(|f| f.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no total in strace's summary:\n{table}"));
+    let operations = rows.len() as u64 * threads * ops;
+    println!("[paths] fallback path: {total} system calls for {operations} operations\n{table}");
+    assert!(
+        total * 100 < operations,
+        "{total} system calls for {operations} operations on the fallback path:\n{table}"
+    );
 }

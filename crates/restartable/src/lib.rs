@@ -8,7 +8,14 @@
 //! therefore atomic with respect to every other thread, without a lock and
 //! without an atomic instruction.
 //!
-//! The crate is built in layers, one folder each:
+//! The crate is built in layers, each using only those before it:
+//! - **the ABI** ([`abi`]): `struct rseq`, `struct rseq_cs` and the
+//!   constants, checked at compile time.
+//! - **the architectures** (`arch/`): the thread pointer, weak references
+//!   to glibc's rseq symbols, and the critical sections in inline assembly
+//!   for x86-64 and aarch64, with the delay loops and compare-twice checks
+//!   tests compile into them ([`inject`]); elsewhere, and under Miri,
+//!   everything takes the fallback path.
 //! - **the runtime** (`runtime/`): registration ([`registration`]) adopts
 //!   glibc's area (glibc 2.35+ registers every thread, in dynamic and
 //!   static binaries), registers its own where libc does not (musl, the
@@ -18,12 +25,8 @@
 //!   area; the [`fence`] lets one thread work on another CPU's data;
 //!   [`stats`] counts aborts and fallback completions. Set
 //!   `RESTARTABLE_DISABLE=1` to never make the rseq system call.
-//! - **the architectures** (`arch/`): the thread pointer and the critical
-//!   sections in inline assembly, for x86-64 and aarch64 (elsewhere, and
-//!   under Miri, everything takes the fallback path).
 //! - **the sections** ([`section`]): the vocabulary of per-CPU operations,
-//!   each one attempt with an explicit [`Outcome`](section::Outcome), and
-//!   the test switches in [`inject`].
+//!   each one attempt with an explicit [`Outcome`](section::Outcome).
 //! - **the structures** (`structures/`), safe, each with a fallback path
 //!   that makes no system call where no thread uses rseq:
 //!   - [`Counter`]: a sum; [`PerCpuU64`]: a word per CPU, read-modify-written;
@@ -72,11 +75,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod abi;
 mod arch;
 mod runtime;
 pub mod section;
 mod structures;
 
+pub use arch::inject;
 pub use runtime::cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
@@ -84,8 +89,7 @@ pub use runtime::process::{process_info, LibcRseq, ProcessInfo, DISABLE_ENV};
 pub use runtime::registration::{
     opt_out_current_thread, registration, FallbackReason, Owner, Registration,
 };
-pub use runtime::{abi, fence, stats};
-pub use section::inject;
+pub use runtime::{fence, stats};
 #[cfg(feature = "metrics")]
 pub use structures::metrics;
 pub use structures::{

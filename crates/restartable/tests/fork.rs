@@ -1,12 +1,13 @@
-//! A guard held by another thread when the process forks: in the child that
-//! thread does not exist, so the child must take the guard over instead of
-//! waiting forever; with `fork` (atfork handlers run) and with a raw
-//! `clone` (they do not).
+//! A guard or a per-CPU lock held by another thread when the process
+//! forks: in the child that thread does not exist, so the child must take
+//! it over instead of waiting forever, with `fork` (atfork handlers run)
+//! and with a raw `clone` (they do not). A lock taken over that way may
+//! guard a value its holder left half-updated: the slot is poisoned.
 
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use restartable::PerCpuU64;
+use restartable::{PerCpu, PerCpuU64};
 
 static WORDS: PerCpuU64 = PerCpuU64::new();
 
@@ -71,5 +72,71 @@ fn a_guard_held_across_fork_is_taken_over_in_the_child() {
             "[fork] guard taken over after {}",
             if raw { "raw clone" } else { "fork" }
         );
+    }
+}
+
+#[derive(Default)]
+struct Pair {
+    a: u64,
+    b: u64,
+}
+
+static PAIRS: PerCpu<Pair> = PerCpu::new_by_cpu();
+
+/// In the child of a fork made while another thread held a per-CPU lock in
+/// the middle of an update, the slot is taken over poisoned, so safe code
+/// cannot mistake the torn value for a consistent one.
+#[test]
+fn a_lock_held_across_fork_is_taken_over_poisoned() {
+    for raw in [false, true] {
+        let (held_tx, held_rx) = channel();
+        let (go_tx, go_rx) = channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut pair = PAIRS.lock_slot(0).unwrap().unwrap();
+            pair.a += 1; // ... and `b` not yet: torn
+            let _ = held_tx.send(());
+            let _ = go_rx.recv();
+            pair.b += 1;
+        });
+        held_rx.recv().unwrap();
+        // SAFETY: the child only locks slots that exist and exits with _exit.
+        let pid = unsafe {
+            if raw {
+                libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) as libc::pid_t
+            } else {
+                libc::fork()
+            }
+        };
+        if pid == 0 {
+            let code = match PAIRS.lock_slot(0) {
+                // Taken over, and marked: the value is torn.
+                Ok(Err(poisoned)) => {
+                    let pair = poisoned.into_inner();
+                    if pair.a == pair.b + 1 {
+                        0
+                    } else {
+                        2
+                    }
+                }
+                Ok(Ok(_)) => 3,
+                Err(_) => 4,
+            };
+            // SAFETY: ends the child without running the parent's exit path.
+            unsafe { libc::_exit(code) };
+        }
+        assert!(pid > 0, "fork failed");
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(
+            exit_status(pid),
+            0,
+            "raw clone: {raw} (2: wrong value, 3: not poisoned, 4: not taken)"
+        );
+        println!(
+            "[fork] lock taken over, poisoned, after {}",
+            if raw { "raw clone" } else { "fork" }
+        );
+        // The parent's slot was never poisoned: its holder finished.
+        assert!(!PAIRS.is_poisoned());
     }
 }

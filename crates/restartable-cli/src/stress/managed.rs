@@ -1,6 +1,6 @@
 //! The library's per-CPU structures under stress, each with a manager
 //! thread that works on every CPU's data through the fence while the
-//! workers run (RSEQ_NOTES §6, the membarrier test): it swaps per-CPU
+//! workers run (the membarrier test of the kernel's rseq selftests): it swaps per-CPU
 //! state out, steals lists, flushes caches, drains buffers. Each structure
 //! checks itself exactly at the end: nothing lost, nothing duplicated,
 //! nothing torn.
@@ -11,6 +11,8 @@ use std::sync::{Mutex, PoisonError};
 
 use restartable::{Buffer, Node, PerCpu, Pool, Stack};
 
+use super::Verdict;
+
 /// A structure, its workers' operation and its manager's step.
 pub trait Managed: Sync {
     /// One worker operation.
@@ -18,21 +20,15 @@ pub trait Managed: Sync {
     /// One manager step: remote work on every CPU's data.
     fn manage(&self) -> Result<(), String>;
     /// Verifies the final state after `ops` worker operations in all.
-    fn verify(&mut self, ops: u64) -> Result<String, String>;
+    /// Verifies the final state after `ops` worker operations in all
+    /// (`Err` when the check itself could not be made).
+    fn verify(&mut self, ops: u64) -> Result<Verdict, String>;
 }
 
 /// A few spins inside a critical region, widening its race windows.
 fn dawdle() {
     for _ in 0..8 {
         std::hint::spin_loop();
-    }
-}
-
-fn check(ok: bool, what: String) -> Result<String, String> {
-    if ok {
-        Ok(what)
-    } else {
-        Err(what)
     }
 }
 
@@ -86,17 +82,19 @@ impl Managed for Storage {
     fn manage(&self) -> Result<(), String> {
         self.swap_out()
     }
-    fn verify(&mut self, ops: u64) -> Result<String, String> {
+    fn verify(&mut self, ops: u64) -> Result<Verdict, String> {
         self.swap_out()?;
         let moved = self.moved.load(Ordering::Relaxed);
         let torn = self.torn.load(Ordering::Relaxed);
-        check(
-            moved == ops && torn == 0,
+        Ok(Verdict::new(
+            moved,
+            ops,
+            torn == 0,
             format!(
                 "sum {moved}, expected {ops}; {torn} torn updates; indexed by {:?}",
                 self.slots.index()
             ),
-        )
+        ))
     }
 }
 
@@ -163,7 +161,7 @@ impl Managed for FreeList {
         }
         Ok(())
     }
-    fn verify(&mut self, _ops: u64) -> Result<String, String> {
+    fn verify(&mut self, _ops: u64) -> Result<Verdict, String> {
         let count = self.stack.len().map_err(|e| e.to_string())? as u64;
         let mut ids: Vec<u64> = self
             .stack
@@ -174,7 +172,9 @@ impl Managed for FreeList {
             .collect();
         ids.sort_unstable();
         let exact = ids.iter().copied().eq(0..self.nodes);
-        check(
+        Ok(Verdict::new(
+            ids.len() as u64,
+            self.nodes,
             exact && count == self.nodes,
             format!(
                 "{} of {} nodes back, {}; pop found every list empty {} times",
@@ -187,7 +187,7 @@ impl Managed for FreeList {
                 },
                 self.empty.load(Ordering::Relaxed)
             ),
-        )
+        ))
     }
 }
 
@@ -249,16 +249,24 @@ impl Managed for Objects {
             .flush()
             .map_err(|e| format!("manager could not flush: {e}"))
     }
-    fn verify(&mut self, _ops: u64) -> Result<String, String> {
+    fn verify(&mut self, _ops: u64) -> Result<Verdict, String> {
         let made = self.made.load(Ordering::Relaxed);
         let cached = self.pool.cached() as u64;
-        self.pool.flush().map_err(|e| e.to_string())?;
-        let mut ids: Vec<u64> = (0..made).map(|_| self.pool.get().into_inner().id).collect();
+        // Every object once: each `get` after a flush, so that what a
+        // refill puts in one CPU's cache cannot be stranded there when this
+        // thread migrates (the next `get` would then make a new object).
+        let mut ids = Vec::new();
+        for _ in 0..made {
+            self.pool.flush().map_err(|e| e.to_string())?;
+            ids.push(self.pool.get().into_inner().id);
+        }
         ids.sort_unstable();
         let exact = ids.iter().copied().eq(0..made);
         let twice = self.twice.load(Ordering::Relaxed);
-        check(
-            exact && cached == made && twice == 0,
+        Ok(Verdict::new(
+            cached,
+            made,
+            exact && twice == 0,
             format!(
                 "{made} objects made, {cached} back in the pool, {}; {twice} handed out twice",
                 if exact {
@@ -267,7 +275,7 @@ impl Managed for Objects {
                     "SOME LOST OR DUPLICATED"
                 }
             ),
-        )
+        ))
     }
 }
 
@@ -349,7 +357,7 @@ impl Managed for Records {
     fn manage(&self) -> Result<(), String> {
         self.drain()
     }
-    fn verify(&mut self, ops: u64) -> Result<String, String> {
+    fn verify(&mut self, ops: u64) -> Result<Verdict, String> {
         self.drain()?;
         let seen: u64 = self
             .seen
@@ -358,12 +366,14 @@ impl Managed for Records {
             .sum();
         let duplicates = self.duplicates.load(Ordering::Relaxed);
         let disorder = self.disorder.load(Ordering::Relaxed);
-        check(
-            seen == ops && duplicates == 0 && disorder == 0,
+        Ok(Verdict::new(
+            seen,
+            ops,
+            duplicates == 0 && disorder == 0,
             format!(
                 "{seen} of {ops} records drained, {duplicates} duplicated, {disorder} out of order; producers found a full buffer {} times",
                 self.full.load(Ordering::Relaxed)
             ),
-        )
+        ))
     }
 }

@@ -2,24 +2,30 @@
 //! structure while they yield, sleep and get signalled every few operations
 //! (and, optionally, delay loops run inside every critical section); the
 //! check at the end is exact. In the style of the kernel's rseq selftests
-//! (RSEQ_NOTES §6).
+//! (`tools/testing/selftests/rseq/param_test.c`).
+//!
+//! Without a mode, [`matrix`] runs every mode briefly, each in a process of
+//! its own, and prints one line per mode.
 
 pub mod managed;
-pub mod percpu;
+mod matrix;
+pub mod sections;
+mod watchdog;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use clap::ValueEnum;
 use restartable::section::{Index, Order, Thread};
 use restartable::{Counter, PerCpuU64};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::signals;
 use managed::Managed;
-use percpu::Structure;
+use sections::Structure;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The library's `Counter` (works on the fallback path too).
@@ -55,7 +61,64 @@ pub enum Mode {
     Drain,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+impl Mode {
+    /// The modes on library structures, which have a fallback path (and so
+    /// take `--skip-registration`).
+    fn on_library(self) -> bool {
+        matches!(
+            self,
+            Mode::Counter
+                | Mode::FetchUpdate
+                | Mode::Percpu
+                | Mode::Stack
+                | Mode::Pool
+                | Mode::Drain
+        )
+    }
+
+    /// The modes that drive raw critical sections (and so honour `--index`
+    /// and `--order`, and have no fallback).
+    fn raw_sections(self) -> bool {
+        !self.on_library() && self != Mode::Churn
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Counter => "counter",
+            Mode::Churn => "churn",
+            Mode::Increment => "increment",
+            Mode::Spinlock => "spinlock",
+            Mode::List => "list",
+            Mode::Buffer => "buffer",
+            Mode::Memcpy => "memcpy",
+            Mode::DerefAdd => "deref-add",
+            Mode::FetchUpdate => "fetch-update",
+            Mode::Percpu => "percpu",
+            Mode::Stack => "stack",
+            Mode::Pool => "pool",
+            Mode::Drain => "drain",
+        }
+    }
+
+    pub const ALL: [Mode; 13] = [
+        Mode::Counter,
+        Mode::Churn,
+        Mode::Increment,
+        Mode::Spinlock,
+        Mode::List,
+        Mode::Buffer,
+        Mode::Memcpy,
+        Mode::DerefAdd,
+        Mode::FetchUpdate,
+        Mode::Percpu,
+        Mode::Stack,
+        Mode::Pool,
+        Mode::Drain,
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IndexArg {
     /// Index per-CPU data by CPU number.
@@ -64,66 +127,176 @@ pub enum IndexArg {
     MmCid,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OrderArg {
     Relaxed,
     Release,
 }
 
+/// Operations per worker when `--ops` is not given.
+const DEFAULT_OPS: u64 = 200_000;
+
+/// The options of `restartable stress`, declared once: clap parses them
+/// and the run reads them.
+#[derive(clap::Args, Clone, Debug)]
 pub struct Options {
-    pub mode: Mode,
+    /// What to stress [default: every mode briefly, one line each].
+    pub mode: Option<Mode>,
+    /// Worker threads, 1 to 10000 [default: 6 x online CPUs; churn: 4000
+    /// threads in all, 64 alive at a time].
+    #[arg(long, value_parser = |s: &str| crate::parse::count(s, 1, 10_000).map(|n| n as u32))]
     pub threads: Option<u32>,
-    pub ops: u64,
+    /// Operations per worker thread, 1 to 10^9 [default: 200000; without a
+    /// mode: 2000]. Not for churn, where each thread counts once.
+    #[arg(long, value_parser = |s: &str| crate::parse::count(s, 1, 1_000_000_000))]
+    pub ops: Option<u64>,
+    /// Yield the CPU every N operations (0: never).
+    #[arg(long, default_value_t = 97, value_parser = every)]
     pub yield_every: u64,
+    /// Raise a signal in the worker every N operations (0: never).
+    #[arg(long, default_value_t = 0, value_parser = every)]
     pub signal_every: u64,
+    /// Sleep a millisecond every N operations (0: never).
+    #[arg(long, default_value_t = 0, value_parser = every)]
     pub sleep_every: u64,
+    /// Per-thread timer signal interval in microseconds, at least 10 (0: no
+    /// signal storm). The handler adds to the library's `Counter`, checked too.
+    #[arg(long, default_value_t = 50, value_parser = parse_signal_us)]
     pub signal_us: u64,
+    /// Delay loop inside every critical section: POINT=LOOPS, comma-separated
+    /// (points 0-3; needs a build with the `inject` feature).
+    #[arg(long, value_delimiter = ',', value_parser = parse_inject)]
     pub inject: Vec<(usize, u64)>,
+    /// Which id indexes the per-CPU data (raw-section modes and percpu).
+    #[arg(long, value_enum, default_value = "cpu")]
     pub index: IndexArg,
+    /// Memory order of the commits (raw-section modes).
+    #[arg(long, value_enum, default_value = "relaxed")]
     pub order: OrderArg,
+    /// This many worker threads opt out of rseq and take the fallback path
+    /// while the others run sections (the modes on library structures:
+    /// counter, fetch-update, percpu, stack, pool, drain).
+    #[arg(long, default_value_t = 0, value_parser = |s: &str| crate::parse::count(s, 0, 10_000).map(|n| n as u32))]
     pub skip_registration: u32,
+    /// Give up (exit status 3) if the run has not finished after this many
+    /// seconds (0: wait forever).
+    #[arg(long, default_value_t = 300, value_parser = |s: &str| crate::parse::count(s, 0, 1_000_000))]
     pub timeout: u64,
+    /// Pin worker i to the i-th CPU (mod their number) of this process's
+    /// affinity, so a fence must reach CPUs outside the fencing thread's
+    /// own; needs at least two CPUs there.
+    #[arg(long)]
     pub pin_workers: bool,
+    /// Print JSON instead of text (one object; an array without a mode).
+    #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Serialize, Default)]
-struct Report {
+/// An interval in operations (0: never).
+fn every(s: &str) -> Result<u64, String> {
+    crate::parse::count(s, 0, u64::MAX)
+}
+
+fn parse_signal_us(s: &str) -> Result<u64, String> {
+    let us = crate::parse::count(s, 0, 60_000_000)?;
+    if us != 0 && us < 10 {
+        return Err("signals more often than every 10 microseconds leave no time for work; use 10 or more (0 turns them off)".to_owned());
+    }
+    Ok(us)
+}
+
+fn parse_inject(s: &str) -> Result<(usize, u64), String> {
+    let (point, loops) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not POINT=LOOPS"))?;
+    let point: usize = point
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{point}` is not an injection point"))?;
+    let loops: u64 = loops
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{loops}` is not a loop count"))?;
+    if loops > 1_000_000 {
+        return Err(format!(
+            "{loops} loops is too long a delay (at most 1000000)"
+        ));
+    }
+    Ok((point, loops))
+}
+
+/// The exact check at the end of a run: what was found against what was
+/// expected, and anything else that must hold (no torn update, nothing
+/// handed out twice).
+pub struct Verdict {
+    pub found: u64,
+    pub expected: u64,
+    pub exact: bool,
+    pub detail: String,
+}
+
+impl Verdict {
+    /// Exact when `found == expected` and `also` holds.
+    pub fn new(found: u64, expected: u64, also: bool, detail: String) -> Verdict {
+        Verdict {
+            found,
+            expected,
+            exact: found == expected && also,
+            detail,
+        }
+    }
+}
+
+/// One run's report (`--json` prints it as is).
+#[derive(Serialize, Deserialize, Default)]
+pub struct Report {
     mode: Option<Mode>,
     index: Option<IndexArg>,
     order: Option<OrderArg>,
     threads: u64,
     ops: u64,
-    expected: u64,
+    /// What the mode's exact check counted: the structure's total, items or
+    /// records found (for counter and churn: the counter, signal handler's
+    /// adds included).
     sum: u64,
+    /// What that count must be.
+    expected: u64,
+    /// The structure's check and the signal handler's both held.
     exact: bool,
     check: String,
     signals_handled: u64,
+    /// The counter the signal handler adds to, and what it must hold.
+    signal_sum: u64,
+    signal_expected: u64,
     /// Worker threads whose operations ran as rseq critical sections.
     rseq_threads: u64,
     /// Worker threads on the fallback path.
     fallback_threads: u64,
     /// "rseq", "fallback" or "mixed", from the workers' registrations.
-    path: &'static str,
-    owners: Vec<&'static str>,
+    path: String,
+    owners: Vec<String>,
     fallback_reason: Option<String>,
     inject: Vec<(usize, u64)>,
     compare_twice: bool,
     /// How the fallback paths fence other CPUs: "membarrier" or "migration".
-    fence: &'static str,
+    fence: String,
     /// Aborted critical sections (null when built without `abort-stats`).
     aborts: Option<u64>,
     /// Operations completed on the fallback path (null without `abort-stats`).
     fallback_ops: Option<u64>,
-    /// Operations that fell back after too many consecutive aborts.
+    /// Of those, operations that fell back after too many consecutive aborts.
     retries_exhausted: Option<u64>,
+    /// The fallback operations by cause (`restartable::stats::Cause`).
+    fallback_causes: Option<BTreeMap<String, u64>>,
     /// Rounds of 16 aborted attempts the test structures went through
     /// before trying again (they have no fallback path).
     rounds_exhausted: u64,
     /// Rounds of remote work (through the fence) the manager thread did
     /// while the workers ran (modes percpu, stack, pool, drain).
     manager_rounds: Option<u64>,
+    /// Seconds the run took.
+    seconds: f64,
 }
 
 /// The counter the signal handler adds to (and the `counter` mode uses).
@@ -184,9 +357,26 @@ impl Disturb {
     }
 }
 
+/// The CPUs workers are pinned to with `--pin-workers`: this process's
+/// affinity, which must hold at least two.
+fn pin_set(opts: &Options) -> Result<Vec<usize>, String> {
+    if !opts.pin_workers {
+        return Ok(Vec::new());
+    }
+    let cpus = signals::affinity()?;
+    if cpus.len() < 2 {
+        return Err(format!(
+            "--pin-workers needs at least two CPUs to pin workers to, but this process may run only on CPU {}: pinning would test nothing",
+            cpus.first().map_or("?".to_owned(), usize::to_string)
+        ));
+    }
+    Ok(cpus)
+}
+
 /// Runs `threads` workers, each calling `op` `ops` times with disturbances.
 fn run_workers(
     threads: u64,
+    ops: u64,
     opts: &Options,
     paths: &Paths,
     op: &(dyn Fn() + Sync),
@@ -196,27 +386,30 @@ fn run_workers(
         signal_every: opts.signal_every,
         sleep_every: opts.sleep_every,
     };
+    let pins = pin_set(opts)?;
     let failures = std::thread::scope(|s| {
         let mut spawn_error = None;
         let handles: Vec<_> = (0..threads)
             .map_while(|n| {
                 let skip = n < u64::from(opts.skip_registration);
-                let disturb = &disturb;
+                let (disturb, pins) = (&disturb, &pins);
                 let spawned =
                     std::thread::Builder::new().spawn_scoped(s, move || -> Result<(), String> {
                         if skip {
                             restartable::opt_out_current_thread();
                         }
-                        if opts.pin_workers {
-                            signals::pin_to((n as usize) % restartable::online_cpus())?;
+                        if !pins.is_empty() {
+                            signals::pin_to(pins[n as usize % pins.len()])?;
                         }
                         let _timer = match opts.signal_us {
                             0 => None,
                             us => Some(signals::ThreadTimer::start(us)?),
                         };
-                        for i in 1..=opts.ops {
+                        let mut progress = watchdog::Progress::default();
+                        for i in 1..=ops {
                             op();
                             disturb.after(i);
+                            progress.one();
                         }
                         paths.note();
                         Ok(())
@@ -243,13 +436,6 @@ fn run_workers(
     }
 }
 
-/// Whether `mode` drives raw critical sections (and so honours `--index`,
-/// `--order` and has no fallback).
-fn raw_sections(mode: Mode) -> bool {
-    !matches!(mode, Mode::Counter | Mode::Churn | Mode::FetchUpdate)
-        && managed(mode, 1, 1, false).is_none()
-}
-
 /// The library structure a managed mode stresses.
 fn managed(mode: Mode, threads: u64, ops: u64, by_mm_cid: bool) -> Option<Box<dyn Managed>> {
     let items = (16 * restartable::possible_cpus() as u64).max(threads * 2);
@@ -263,19 +449,23 @@ fn managed(mode: Mode, threads: u64, ops: u64, by_mm_cid: bool) -> Option<Box<dy
 }
 
 /// Runs the workers while a manager thread does remote work in a loop;
-/// returns the manager's rounds.
+/// returns the manager's rounds. The workers start once the manager's
+/// first round has begun, so its remote work always overlaps theirs.
 fn run_managed(
     threads: u64,
+    ops: u64,
     opts: &Options,
     paths: &Paths,
     structure: &dyn Managed,
 ) -> Result<u64, String> {
     let done = std::sync::atomic::AtomicBool::new(false);
+    let started = std::sync::Barrier::new(2);
     std::thread::scope(|s| {
         let manager = std::thread::Builder::new()
             .spawn_scoped(s, || -> Result<u64, String> {
                 let mut rounds = 0;
-                while !done.load(Ordering::Relaxed) {
+                started.wait();
+                loop {
                     if let Err(e) = structure.manage() {
                         // Workers may be waiting for the manager (a full
                         // buffer) or for the same missing fence: end the
@@ -284,12 +474,15 @@ fn run_managed(
                         std::process::exit(1);
                     }
                     rounds += 1;
+                    if done.load(Ordering::Relaxed) {
+                        return Ok(rounds);
+                    }
                     std::thread::yield_now();
                 }
-                Ok(rounds)
             })
             .map_err(|e| format!("cannot start the manager thread: {e}"))?;
-        let workers = run_workers(threads, opts, paths, &|| structure.op());
+        started.wait();
+        let workers = run_workers(threads, ops, opts, paths, &|| structure.op());
         done.store(true, Ordering::Relaxed);
         let rounds = manager
             .join()
@@ -302,52 +495,68 @@ fn run_managed(
 fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
     let items = (16 * restartable::possible_cpus()).max(threads as usize * 2);
     Some(match mode {
-        Mode::Counter | Mode::Churn | Mode::FetchUpdate => return None,
-        Mode::Percpu | Mode::Stack | Mode::Pool | Mode::Drain => return None,
-        Mode::Increment => Box::new(percpu::Increment::new()),
-        Mode::Spinlock => Box::new(percpu::Spinlock::new()),
-        Mode::List => Box::new(percpu::List::new(items)),
-        Mode::Buffer => Box::new(percpu::Buffer::new(items)),
-        Mode::Memcpy => Box::new(percpu::MemcpyBuffer::new(items)),
-        Mode::DerefAdd => Box::new(percpu::DerefAdd::new()),
+        Mode::Increment => Box::new(sections::Increment::new()),
+        Mode::Spinlock => Box::new(sections::Spinlock::new()),
+        Mode::List => Box::new(sections::List::new(items)),
+        Mode::Buffer => Box::new(sections::Buffer::new(items)),
+        Mode::Memcpy => Box::new(sections::MemcpyBuffer::new(items)),
+        Mode::DerefAdd => Box::new(sections::DerefAdd::new()),
+        _ => return None,
     })
 }
 
-/// Ends the process with a message if the run has not finished after
-/// `secs` seconds: with injected delays longer than the signal interval a
-/// section (or the signal handler's own) can abort forever.
-fn watchdog(secs: u64) {
-    if secs == 0 {
-        return;
-    }
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(secs));
-        eprintln!(
-            "restartable: stress run not finished after {secs} s: critical sections keep aborting \
-(are signals more frequent than a section with its injected delays takes?); giving up"
+/// Checks the options against the mode before anything runs.
+fn check_options(mode: Mode, opts: &Options) -> Result<(), String> {
+    if mode == Mode::Churn && opts.ops.is_some() {
+        return Err(
+            "stress churn: each thread counts once, so --ops does not apply; --threads sets how many threads are started"
+                .to_owned(),
         );
-        std::process::exit(3);
-    });
+    }
+    if opts.skip_registration > 0 && !mode.on_library() {
+        return Err(format!(
+            "mode {} drives raw critical sections and has no fallback; --skip-registration works with counter, fetch-update, percpu, stack, pool and drain",
+            mode.name()
+        ));
+    }
+    for &(point, loops) in &opts.inject {
+        if !restartable::inject::ENABLED {
+            return Err("--inject needs a build with the `inject` feature: cargo run --release -p restartable-cli --features inject -- stress ...".to_owned());
+        }
+        if !restartable::inject::set_delay(point, loops) {
+            return Err(format!(
+                "injection point {point} does not exist (0..{})",
+                restartable::inject::POINTS
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn run(opts: Options) -> Result<(), String> {
-    watchdog(opts.timeout);
+    match opts.mode {
+        None => matrix::run(&opts),
+        Some(mode) => run_mode(mode, &opts),
+    }
+}
+
+fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
+    check_options(mode, opts)?;
+    let began = std::time::Instant::now();
+    let default_threads = 6 * restartable::online_cpus() as u64;
+    let threads = opts.threads.map_or(
+        if mode == Mode::Churn {
+            4000
+        } else {
+            default_threads
+        },
+        u64::from,
+    );
+    let ops = opts.ops.unwrap_or(DEFAULT_OPS);
+    watchdog::start(opts.timeout, threads * ops);
     // First use outside any signal handler: allocates the slots.
     COUNTER.add(0);
     WORDS.add(0);
-    for &(point, loops) in &opts.inject {
-        if !restartable::inject::set_delay(point, loops) {
-            return Err(if restartable::inject::ENABLED {
-                format!(
-                    "injection point {point} does not exist (0..{})",
-                    restartable::inject::POINTS
-                )
-            } else {
-                "--inject needs a build with the `inject` feature (cargo build --features inject)"
-                    .to_owned()
-            });
-        }
-    }
     let index = match opts.index {
         IndexArg::Cpu => Index::Cpu,
         IndexArg::MmCid => Index::MmCid,
@@ -363,18 +572,16 @@ pub fn run(opts: Options) -> Result<(), String> {
         owners: Mutex::new(Vec::new()),
         reason: Mutex::new(None),
     };
-    let default_threads = 6 * restartable::online_cpus() as u64;
     let mut manager_rounds = None;
-    let (threads, ops_done, check) = match opts.mode {
+    // The structure's verdict; `None` where the counter is the structure.
+    let verdict: Option<Verdict> = match mode {
         Mode::Counter => {
-            let threads = opts.threads.map_or(default_threads, u64::from);
-            run_workers(threads, &opts, &paths, &|| COUNTER.inc())?;
-            (threads, threads * opts.ops, None)
+            run_workers(threads, ops, opts, &paths, &|| COUNTER.inc())?;
+            None
         }
         Mode::FetchUpdate => {
-            let threads = opts.threads.map_or(default_threads, u64::from);
             let cpus = restartable::possible_cpus();
-            run_workers(threads, &opts, &paths, &|| {
+            run_workers(threads, ops, opts, &paths, &|| {
                 // Mix the entry points; each adds one in all. Every 8th
                 // operation works on another CPU's word (through its guard
                 // and the fence), racing the sections running there.
@@ -388,35 +595,31 @@ pub fn run(opts: Options) -> Result<(), String> {
                     loop {
                         let cpu = restartable::current_cpu();
                         let v = WORDS.get(cpu).unwrap_or(0);
-                        match WORDS.compare_store(v, v + 1) {
-                            Ok(()) => break,
-                            Err(_) => continue,
+                        if WORDS.compare_store(v, v + 1).is_ok() {
+                            break;
                         }
                     }
                     WORDS.fetch_update(|v| v - 1);
                 }
             })?;
             // The signal handler adds one to WORDS too.
-            let ops = threads * opts.ops + signals::DELIVERED.load(Ordering::Relaxed);
+            let expected = threads * ops + signals::DELIVERED.load(Ordering::Relaxed);
             let sum = WORDS.sum();
-            let check = if sum == ops {
-                Ok(format!("sum {sum}, expected {ops}"))
-            } else {
-                Err(format!("sum {sum}, expected {ops}"))
-            };
-            (threads, ops, Some(check))
+            Some(Verdict::new(
+                sum,
+                expected,
+                true,
+                format!("sum {sum}, expected {expected}"),
+            ))
         }
         Mode::Percpu | Mode::Stack | Mode::Pool | Mode::Drain => {
-            let threads = opts.threads.map_or(default_threads, u64::from);
             let by_mm_cid = opts.index == IndexArg::MmCid;
-            let mut s = managed(opts.mode, threads, opts.ops, by_mm_cid)
-                .ok_or("no structure for this mode")?;
-            manager_rounds = Some(run_managed(threads, &opts, &paths, &*s)?);
-            let ops = threads * opts.ops;
-            (threads, ops, Some(s.verify(ops)))
+            let mut s =
+                managed(mode, threads, ops, by_mm_cid).ok_or("no structure for this mode")?;
+            manager_rounds = Some(run_managed(threads, ops, opts, &paths, &*s)?);
+            Some(s.verify(threads * ops)?)
         }
         Mode::Churn => {
-            let threads = opts.threads.map_or(4000, u64::from);
             // At most 64 alive at once, so thread creation dominates.
             let mut started = 0;
             while started < threads {
@@ -434,18 +637,13 @@ pub fn run(opts: Options) -> Result<(), String> {
                 })?;
                 started += batch;
             }
-            (threads, threads, None)
+            None
         }
-        mode => {
-            if opts.skip_registration > 0 {
-                return Err(format!(
-                    "mode {mode:?} drives raw critical sections and has no fallback; --skip-registration works with counter, fetch-update, percpu, stack, pool and drain"
-                ));
-            }
-            let threads = opts.threads.map_or(default_threads, u64::from);
+        _ => {
             let Some(t) = Thread::current() else {
                 return Err(format!(
-                    "mode {mode:?} tests critical sections and needs rseq, which this thread cannot use: {}",
+                    "mode {} tests critical sections and needs rseq, which this thread cannot use: {}",
+                    mode.name(),
                     restartable::registration().fallback.map_or("no sections on this target".to_owned(), |r| r.to_string())
                 ));
             };
@@ -455,64 +653,89 @@ pub fn run(opts: Options) -> Result<(), String> {
                 );
             }
             let s = structure(mode, threads).ok_or("no structure for this mode")?;
-            run_workers(threads, &opts, &paths, &|| match Thread::current() {
+            run_workers(threads, ops, opts, &paths, &|| match Thread::current() {
                 Some(t) => s.op(&t, index, order),
                 None => panic!("a worker thread lost rseq"),
             })?;
-            (
-                threads,
-                threads * opts.ops,
-                Some(s.verify(threads * opts.ops)),
-            )
+            Some(s.verify(threads * ops))
         }
     };
 
     let handled = signals::DELIVERED.load(Ordering::Relaxed);
-    let (expected, sum) = match opts.mode {
-        Mode::Counter | Mode::Churn => (ops_done + handled, COUNTER.sum()),
-        _ => (handled, COUNTER.sum()),
+    let counted = COUNTER.sum();
+    // The counter holds the handler's adds, and in counter and churn modes
+    // the workers' too.
+    let work = match mode {
+        Mode::Counter => threads * ops,
+        Mode::Churn => threads,
+        _ => 0,
     };
-    let (structure_ok, check) = match check {
-        None => (true, format!("counter sum {sum}, expected {expected}")),
-        Some(Ok(what)) => (true, what),
-        Some(Err(what)) => (false, what),
-    };
+    let verdict = verdict.unwrap_or_else(|| {
+        Verdict::new(
+            counted,
+            work + handled,
+            true,
+            format!("counter sum {counted}, expected {}", work + handled),
+        )
+    });
+    let signals_exact = counted == work + handled;
     let rseq_threads = RSEQ_THREADS.load(Ordering::Relaxed);
     let fallback_threads = FALLBACK_THREADS.load(Ordering::Relaxed);
     let stats = restartable::stats::stats();
-    let exhausted = percpu::EXHAUSTED.load(Ordering::Relaxed);
     let report = Report {
-        mode: Some(opts.mode),
-        // Only the raw-section modes choose the index and the commit order.
-        index: (raw_sections(opts.mode) || opts.mode == Mode::Percpu).then_some(opts.index),
-        order: raw_sections(opts.mode).then_some(opts.order),
+        mode: Some(mode),
+        // Only the raw-section modes (and percpu) choose the index; only
+        // the raw-section modes the commit order.
+        index: (mode.raw_sections() || mode == Mode::Percpu).then_some(opts.index),
+        order: mode.raw_sections().then_some(opts.order),
         threads,
-        ops: ops_done,
-        expected,
-        sum,
-        exact: sum == expected && structure_ok,
-        check,
+        ops: if mode == Mode::Churn {
+            threads
+        } else {
+            threads * ops
+        },
+        sum: verdict.found,
+        expected: verdict.expected,
+        exact: verdict.exact && signals_exact,
+        check: verdict.detail,
         signals_handled: handled,
+        signal_sum: counted,
+        signal_expected: work + handled,
         rseq_threads,
         fallback_threads,
         path: match (rseq_threads, fallback_threads) {
             (_, 0) => "rseq",
             (0, _) => "fallback",
             _ => "mixed",
-        },
-        owners: paths.owners.into_inner().unwrap_or_default(),
+        }
+        .to_owned(),
+        owners: paths
+            .owners
+            .into_inner()
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         fallback_reason: paths.reason.into_inner().unwrap_or_default(),
         inject: opts.inject.clone(),
         compare_twice: restartable::inject::COMPARE_TWICE,
         fence: match restartable::fence::method() {
             restartable::fence::Method::Membarrier => "membarrier",
             restartable::fence::Method::Migration => "migration",
-        },
+        }
+        .to_owned(),
         aborts: stats.map(|s| s.aborts),
         fallback_ops: stats.map(|s| s.fallback_ops),
         retries_exhausted: stats.map(|s| s.retries_exhausted),
-        rounds_exhausted: exhausted,
+        fallback_causes: stats.map(|s| {
+            restartable::stats::Cause::ALL
+                .iter()
+                .map(|&c| (c.as_str().to_owned(), s.of(c)))
+                .collect()
+        }),
+        rounds_exhausted: sections::EXHAUSTED.load(Ordering::Relaxed),
         manager_rounds,
+        seconds: began.elapsed().as_secs_f64(),
     };
     if opts.json {
         println!(
@@ -520,47 +743,72 @@ pub fn run(opts: Options) -> Result<(), String> {
             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
         );
     } else {
-        let work = match opts.mode {
-            Mode::Churn => format!("{} short-lived threads counting once", report.threads),
-            _ => format!("{} threads x {} ops", report.threads, opts.ops),
-        };
-        let flavour = if raw_sections(opts.mode) {
-            format!(" ({:?}, {:?})", opts.index, opts.order)
-        } else {
-            String::new()
-        };
-        println!(
-            "stress {:?}{flavour}: {work}, path {} (owners: {}), {} signals handled: {}",
-            opts.mode,
-            report.path,
-            report.owners.join(", "),
-            report.signals_handled,
-            if report.exact { "exact" } else { "MISMATCH" }
-        );
-        println!("check: {}", report.check);
-        if let Some(rounds) = report.manager_rounds {
-            println!(
-                "manager: {rounds} rounds of remote work through the fence ({})",
-                report.fence
-            );
-        }
-        if let Some(why) = &report.fallback_reason {
-            println!("fallback reason: {why}");
-        }
-        match stats {
-            Some(s) => println!(
-                "aborts {}, fallback ops {}, retries exhausted {} (library) + {} (test structures)",
-                s.aborts, s.fallback_ops, s.retries_exhausted, exhausted
-            ),
-            None => println!("aborts: not counted (build with --features abort-stats)"),
-        }
+        print_report(&report, opts, ops);
     }
     if report.exact {
         Ok(())
     } else {
         Err(format!(
-            "verification failed: {} (counter sum {sum}, expected {expected})",
-            report.check
+            "verification failed: {} (signal handler's counter {}, expected {})",
+            report.check, report.signal_sum, report.signal_expected
         ))
     }
+}
+
+fn print_report(report: &Report, opts: &Options, ops: u64) {
+    let Some(mode) = report.mode else { return };
+    let work = match mode {
+        Mode::Churn => format!("{} short-lived threads counting once", report.threads),
+        _ => format!("{} threads x {ops} ops", report.threads),
+    };
+    let flavour = if mode.raw_sections() {
+        format!(" ({:?}, {:?})", opts.index, opts.order)
+    } else {
+        String::new()
+    };
+    println!(
+        "stress {}{flavour}: {work}, path {} (owners: {}), {} signals handled: {}",
+        mode.name(),
+        report.path,
+        report.owners.join(", "),
+        report.signals_handled,
+        if report.exact { "exact" } else { "MISMATCH" }
+    );
+    println!("check: {}", report.check);
+    if !matches!(mode, Mode::Counter | Mode::Churn) {
+        println!(
+            "signal handler's counter: {}, expected {}",
+            report.signal_sum, report.signal_expected
+        );
+    }
+    if let Some(rounds) = report.manager_rounds {
+        println!(
+            "manager: {rounds} rounds of remote work through the fence ({})",
+            report.fence
+        );
+    }
+    if let Some(why) = &report.fallback_reason {
+        println!("fallback reason: {why}");
+    }
+    match (report.aborts, &report.fallback_causes) {
+        (Some(aborts), Some(causes)) => {
+            let causes: Vec<String> = causes
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            println!(
+                "aborts {aborts}, fallback ops {} ({}), test structures' exhausted rounds {}",
+                report.fallback_ops.unwrap_or(0),
+                if causes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    causes.join(", ")
+                },
+                report.rounds_exhausted
+            );
+        }
+        _ => println!("aborts: not counted (build with --features abort-stats)"),
+    }
+    println!("took {:.2} s", report.seconds);
 }

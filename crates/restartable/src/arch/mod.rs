@@ -1,5 +1,9 @@
-//! Architecture-specific code: the thread pointer and the critical sections
-//! written in assembly. Adding an architecture means adding one file here.
+//! Architecture-specific code: the thread pointer, libc's rseq symbols and
+//! the critical sections written in assembly, with the fault injection
+//! and compare-twice checks compiled into them ([`inject`]). Adding an
+//! architecture means adding one file here.
+
+pub mod inject;
 
 /// What one attempt at a critical section did.
 #[cfg_attr(

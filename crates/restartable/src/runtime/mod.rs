@@ -5,7 +5,6 @@
 //! Everything above it (sections, structures) asks this layer which area
 //! the thread uses and which CPU it is on; nothing here knows about them.
 
-pub mod abi;
 pub(crate) mod cpu;
 mod cpu_list;
 pub mod fence;
@@ -13,3 +12,4 @@ pub(crate) mod process;
 pub(crate) mod registration;
 pub mod stats;
 pub(crate) mod sys;
+pub(crate) mod token;

@@ -18,7 +18,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 
-use super::{process, stats, sys};
+use super::{process, stats, sys, token};
 use crate::abi::{self, Rseq};
 use crate::arch;
 
@@ -367,6 +367,7 @@ fn decide() -> Option<AreaRef> {
         }
         AREA.set(marker(BUSY));
         stats::thread_started();
+        token::init();
         LIBC_AREA.set(libc_area(&process::process_info()).unwrap_or(core::ptr::null()));
         let (area, state) = match choose() {
             Ok((area, owner, feature_size)) => (

@@ -26,9 +26,11 @@ pub enum Cause {
     /// another process (copied by `fork`), or for longer than the section
     /// path waits.
     GuardGivenUp,
-    /// A [`PerCpu`](crate::PerCpu) slot was locked: by this thread, by a
-    /// thread that no longer exists (`fork`), or by another thread when the
-    /// caller would not wait ([`try_lock`](crate::PerCpu::try_lock)).
+    /// A [`PerCpu`](crate::PerCpu) slot could not be taken by its section:
+    /// it was locked by this thread, by a thread that no longer exists
+    /// (`fork`), or by another thread when the caller would not wait
+    /// ([`try_lock`](crate::PerCpu::try_lock)), or, for `try_lock`, it was
+    /// not made yet.
     SlotHeld,
 }
 

@@ -30,7 +30,7 @@
 //! [`fence`](crate::fence)).
 //!
 //! ABI source: `include/uapi/linux/rseq.h` (`struct rseq_cs`, the abort
-//! signature) and `man 2 rseq`; see [`abi`](crate::abi).
+//! signature) and `man 2 rseq`; see [`crate::abi`].
 //!
 //! # Safety contract of every operation
 //!
@@ -52,8 +52,6 @@
 //! observes the commit). On x86-64 every store already is one.
 
 use core::sync::atomic::AtomicU64;
-
-pub mod inject;
 
 use crate::arch::{self, Attempt};
 use crate::runtime::registration::{self, AreaRef};

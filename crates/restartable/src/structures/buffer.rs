@@ -5,7 +5,7 @@ use core::cell::UnsafeCell;
 use core::mem::{size_of, MaybeUninit};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::kit::guard::{Guarded, Reach, Refused};
+use super::kit::guard::{Guarded, Reach};
 use super::kit::retry::{self, Step};
 use super::kit::sparse::SparseSlots;
 use super::RemoteError;
@@ -181,7 +181,10 @@ impl<T: Copy> Buffer<T> {
         match self.slot(here).map(|slot| append(slot, here)) {
             Some(Ok(done)) => done,
             None => false,
-            Some(Err(_mine)) => self
+            // An outer frame of this thread holds a guard (of this buffer,
+            // or it would have to wait for another's): try the others,
+            // without waiting.
+            Some(Err(_)) => self
                 .slots
                 .iter()
                 .filter(|&(i, _)| i != here)
@@ -256,11 +259,7 @@ impl<T: Copy> Buffer<T> {
             );
             records.count.store(0, Ordering::Release);
         });
-        match copied {
-            Ok(()) => {}
-            Err(Refused::Mine) => return Err(RemoteError::Busy),
-            Err(Refused::Fence(e)) => return Err(RemoteError::Fence(e)),
-        }
+        copied.map_err(super::refused)?;
         // The caller's code runs after the guard is released.
         if !scratch.is_empty() {
             f(cpu, scratch);

@@ -21,5 +21,6 @@ pub use counter::Counter;
 pub use percpu::{PerCpu, PerCpuGuard};
 pub use percpu_u64::PerCpuU64;
 pub use pool::{Pool, Pooled};
+use remote::refused;
 pub use remote::RemoteError;
 pub use stack::{Node, Stack};

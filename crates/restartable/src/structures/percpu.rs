@@ -287,12 +287,18 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
                 .slots
                 .get_or_init(index, || self.fresh())
                 .ok_or(RemoteError::NoSuchCpu)?;
+            let mut waits = 0;
             loop {
                 match self.take_indexed(slot, index, me) {
                     Taken::Got(guard) => return Ok(poison_checked(guard)),
                     Taken::Mine => return Err(RemoteError::Busy),
                     Taken::NoFence(e) => return Err(RemoteError::Fence(e)),
-                    Taken::Busy => std::thread::yield_now(),
+                    // Waiting while this thread holds a guard could
+                    // deadlock (see `kit::guard`).
+                    Taken::Busy if guard::holding() => return Err(RemoteError::Busy),
+                    Taken::Busy => {
+                        guard::wait_for_holder(&mut waits);
+                    }
                 }
             }
         }
@@ -300,11 +306,15 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
             .spares()
             .find(|s| s.index == index)
             .ok_or(RemoteError::NoSuchCpu)?;
+        let mut waits = 0;
         loop {
             match take_spare(spare, me) {
                 Taken::Got(guard) => return Ok(poison_checked(guard)),
                 Taken::Mine => return Err(RemoteError::Busy),
-                _ => std::thread::yield_now(),
+                _ if guard::holding() => return Err(RemoteError::Busy),
+                _ => {
+                    guard::wait_for_holder(&mut waits);
+                }
             }
         }
     }
@@ -405,6 +415,7 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
             return Err(Cause::NoRseq);
         };
         let me = guard::token();
+        let mut waits = 0;
         retry::sections(self.kind(&t), |t, id| {
             let index = id.as_usize();
             let slot = match wait {
@@ -441,13 +452,17 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
                 // longer exists does (fork), or another thread does and we
                 // must not wait: the guarded path.
                 Outcome::CompareFailed { seen, .. }
-                    if !wait || guard::is_mine(seen) || guard::orphaned(seen) =>
+                    if !wait
+                        || guard::is_mine(seen)
+                        || guard::orphaned(seen)
+                        || guard::holding() =>
                 {
                     Step::Leave(Cause::SlotHeld)
                 }
-                // Held by another thread: it will be released.
+                // Held by another thread: it will be released (or, after
+                // a raw clone, found orphaned).
                 Outcome::CompareFailed { .. } => {
-                    std::thread::yield_now();
+                    guard::wait_for_holder(&mut waits);
                     Step::Again
                 }
                 Outcome::Guarded { seen } => Step::Guarded(seen),
@@ -467,15 +482,23 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
         let mut held_by_others = None;
         match self.take_free(here, me, &mut held_by_others) {
             Some(guard) => guard,
+            // A frame of this thread holds a guard: waiting for another
+            // thread could deadlock (see `kit::guard`), so a spare it is.
+            None if guard::holding() => self.new_spare(me),
             None => match held_by_others {
-                Some((index, slot)) => loop {
-                    match self.take_indexed(slot, index, me) {
-                        Taken::Got(guard) => break guard,
-                        Taken::Mine => break self.new_spare(me),
-                        // No fence right now, or still held: look again.
-                        Taken::Busy | Taken::NoFence(_) => std::thread::yield_now(),
+                Some((index, slot)) => {
+                    let mut waits = 0;
+                    loop {
+                        match self.take_indexed(slot, index, me) {
+                            Taken::Got(guard) => break guard,
+                            Taken::Mine => break self.new_spare(me),
+                            // No fence right now, or still held: look again.
+                            Taken::Busy | Taken::NoFence(_) => {
+                                guard::wait_for_holder(&mut waits);
+                            }
+                        }
                     }
-                },
+                }
                 None => self.new_spare(me),
             },
         }
@@ -521,7 +544,7 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
         match slot.hold(self.reach(index), |slot| take_lock(slot, me)) {
             Ok(Lock::Taken) => Taken::Got(PerCpuGuard::new(slot, index)),
             Ok(Lock::Mine) | Err(Refused::Mine) => Taken::Mine,
-            Ok(Lock::Busy) => Taken::Busy,
+            Ok(Lock::Busy) | Err(Refused::Busy) => Taken::Busy,
             Err(Refused::Fence(e)) => Taken::NoFence(e),
         }
     }

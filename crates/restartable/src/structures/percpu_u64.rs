@@ -33,9 +33,13 @@ type Word = Guarded<AtomicU64>;
 /// clears it. Both paths can run at once, in any mix of threads; without
 /// rseq threads in the process the fallback makes no system call.
 ///
-/// Safe in signal handlers (once the first use allocated the words): a
-/// handler that interrupts its thread while that thread holds a word's
-/// guard updates the word with a compare-exchange instead of waiting.
+/// Safe in signal handlers (once the first use allocated the words), and
+/// no handler ever waits for a guard while its thread holds one: a handler
+/// that interrupts its thread while that thread holds the word's guard
+/// updates the word with a compare-exchange; one whose thread holds some
+/// other guard while another thread holds the word's updates a *side word*
+/// instead, which [`sum`](Self::sum) includes and [`get`](Self::get) and
+/// [`per_cpu`](Self::per_cpu) do not show.
 ///
 /// [`compare_store_guarded`]: crate::section::Thread::compare_store_guarded
 /// [`fence_cpu`]: crate::fence::fence_cpu
@@ -54,6 +58,11 @@ type Word = Guarded<AtomicU64>;
 /// ```
 pub struct PerCpuU64 {
     slots: DenseSlots<Word>,
+    /// Where an update goes that could reach no CPU's word without waiting:
+    /// a signal handler (or a nested call) whose thread holds another
+    /// guard while another thread holds the word's. No section touches it,
+    /// so a compare-exchange alone updates it.
+    side: AtomicU64,
 }
 
 impl PerCpuU64 {
@@ -62,6 +71,7 @@ impl PerCpuU64 {
     pub const fn new() -> Self {
         PerCpuU64 {
             slots: DenseSlots::new(),
+            side: AtomicU64::new(0),
         }
     }
 
@@ -124,7 +134,7 @@ impl PerCpuU64 {
             // or the code a signal handler interrupted): nothing else can
             // write the word now, and `update` is safe against that frame.
             Err(Refused::Mine) => Ok(update(word, &mut |v| Some(f(v))).0),
-            Err(Refused::Fence(e)) => Err(RemoteError::Fence(e)),
+            Err(other) => Err(super::refused(other)),
         }
     }
 
@@ -137,12 +147,14 @@ impl PerCpuU64 {
         slots.get(cpu).map(|s| s.0.load(Ordering::Acquire))
     }
 
-    /// The (wrapping) sum of all words: a relaxed snapshot.
+    /// The (wrapping) sum of all words, the side word included (see
+    /// [`PerCpuU64`]): a relaxed snapshot.
     pub fn sum(&self) -> u64 {
+        let side = self.side.load(Ordering::Relaxed);
         self.slots
             .as_slice()
             .iter()
-            .fold(0u64, |acc, s| acc.wrapping_add(s.0.load(Ordering::Relaxed)))
+            .fold(side, |acc, s| acc.wrapping_add(s.0.load(Ordering::Relaxed)))
     }
 
     /// Every CPU's word (empty before first use).
@@ -194,10 +206,15 @@ impl PerCpuU64 {
         let (_, len) = self.slots.get();
         let index = retry::fallback_index(cause, len);
         let word = self.slots.slot(index)?;
-        let (old, updated) = word
-            .hold_waiting(Reach::Cpu(index), |value| update(value, &mut f))
-            // Held by an outer frame of this thread: see `fetch_update_on`.
-            .unwrap_or_else(|_| update(word, &mut f));
+        let (old, updated) =
+            match word.hold_waiting(Reach::Cpu(index), |value| update(value, &mut f)) {
+                Ok(done) => done,
+                // Held by an outer frame of this thread: see `fetch_update_on`.
+                Err(Refused::Mine) => update(word, &mut f),
+                // Another thread holds it while this one holds another guard:
+                // waiting could deadlock, so the update goes to the side word.
+                Err(_) => update(&self.side, &mut f),
+            };
         updated.then_some(old)
     }
 }

@@ -6,7 +6,7 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::kit::guard::{Guarded, Reach, Refused};
+use super::kit::guard::{Guarded, Reach};
 use super::kit::retry::{self, Step};
 use super::kit::sparse::SparseSlots;
 use super::kit::word::{pointer_at, word_of};
@@ -158,11 +158,7 @@ impl<T, F: Fn() -> T> Pool<T, F> {
                     .map(|a| a.load(Ordering::Relaxed))
                     .collect::<Vec<_>>()
             });
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(Refused::Mine) => return Err(RemoteError::Busy),
-                Err(Refused::Fence(e)) => return Err(RemoteError::Fence(e)),
-            };
+            let batch = batch.map_err(super::refused)?;
             if !batch.is_empty() {
                 self.lock_overflow().push(batch);
             }
@@ -393,13 +389,15 @@ impl<T, F: Fn() -> T> Pool<T, F> {
             Some(None) => {}
             Some(Some(batch)) => self.lock_overflow().push(batch),
             // No cache here could take it (an outer frame of this thread
-            // holds its guard): the overflow list does.
+            // holds its guard, or another guard while another thread holds
+            // this one): the overflow list does.
             None => self.lock_overflow().push(vec![address]),
         }
     }
 
     /// The fallback path on the current CPU's cache: `f` under its guard;
-    /// `None` when an outer frame of this thread holds that guard.
+    /// `None` when this thread cannot hold it now (an outer frame holds it,
+    /// or holds another guard while another thread holds this one).
     fn on_fallback<R>(&self, cause: Cause, f: impl FnOnce(&Cache) -> R) -> Option<R> {
         let index = retry::fallback_index(cause, self.caches.len());
         self.cache(index)?.hold_waiting(Reach::Cpu(index), f).ok()
@@ -550,9 +548,14 @@ mod tests {
         });
         let made = made.load(Ordering::Relaxed) as usize;
         assert_eq!(pool.cached(), made, "objects lost");
-        // Every object once: take them all.
-        pool.flush().unwrap();
-        let mut ids: Vec<u64> = (0..made).map(|_| pool.get().into_inner().id).collect();
+        // Every object once: take them all, each after a flush (a refill
+        // leaves objects in the cache of the CPU this thread ran on then).
+        let mut ids: Vec<u64> = (0..made)
+            .map(|_| {
+                pool.flush().unwrap();
+                pool.get().into_inner().id
+            })
+            .collect();
         ids.sort_unstable();
         assert_eq!(ids, (0..made as u64).collect::<Vec<_>>());
     }

@@ -1,6 +1,7 @@
 //! [`RemoteError`]: why work on another CPU's data, or on a slot chosen by
 //! index, could not be done.
 
+use super::kit::guard::Refused;
 use crate::fence;
 
 /// Why an operation on another CPU's data (or a slot chosen by index) could
@@ -20,7 +21,9 @@ pub enum RemoteError {
     /// No fence could be made; nothing was changed.
     Fence(fence::FenceError),
     /// The calling thread already holds this data (a nested call, or a
-    /// signal handler that interrupted the thread while it held it).
+    /// signal handler that interrupted the thread while it held it), or it
+    /// holds other guarded data while another thread holds this: waiting
+    /// then could deadlock, so the operation is refused.
     Busy,
     /// A [`PerCpu`](crate::PerCpu) slot is poisoned (a thread panicked
     /// while holding it, or it was taken over from a thread `fork` left
@@ -53,6 +56,16 @@ impl std::error::Error for RemoteError {
             RemoteError::Fence(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+/// The remote error for a guard the caller could not hold: this thread
+/// holds it, or holds another while someone else holds this one (both
+/// [`RemoteError::Busy`]), or no fence could be made.
+pub(crate) fn refused(refused: Refused) -> RemoteError {
+    match refused {
+        Refused::Mine | Refused::Busy => RemoteError::Busy,
+        Refused::Fence(e) => RemoteError::Fence(e),
     }
 }
 

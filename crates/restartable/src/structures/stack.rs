@@ -4,7 +4,7 @@ use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
-use super::kit::guard::{Guarded, Reach, Refused};
+use super::kit::guard::{Guarded, Reach};
 use super::kit::retry::{self, Step};
 use super::kit::sparse::SparseSlots;
 use super::kit::word::{pointer_at, word_of};
@@ -84,9 +84,9 @@ const STEAL_BATCH: usize = 32;
 /// Without rseq (or after 16 aborts in a row) an operation takes the guard
 /// protocol on its CPU's list: a compare-exchange, no system call (and a
 /// fence while other threads use rseq). A signal handler that interrupts
-/// its thread while that thread holds a list's guard does not wait for it:
-/// its push goes to a shared lock-free list that [`pop`](Self::pop) also
-/// takes from. Memory: a pointer per possible CPU, and one 128-byte slot
+/// its thread while that thread holds a guard never waits for one: its
+/// push goes to a shared lock-free list that [`pop`](Self::pop) also takes
+/// from. Memory: a pointer per possible CPU, and one 128-byte slot
 /// for each CPU that pushed.
 ///
 /// ```
@@ -332,8 +332,9 @@ impl<T> Stack<T> {
     }
 
     /// The fallback path on the current CPU's list: `f` on its head under
-    /// the guard; 0 when the list does not exist or an outer frame of this
-    /// thread holds its guard.
+    /// the guard; 0 when the list does not exist or this thread cannot hold
+    /// its guard now (an outer frame holds it, or holds another guard while
+    /// another thread holds this one).
     #[cold]
     fn on_fallback(&self, cause: Cause, f: impl FnOnce(&AtomicU64) -> u64) -> u64 {
         let index = retry::fallback_index(cause, self.lists.len());
@@ -353,11 +354,9 @@ impl<T> Stack<T> {
         let Some(list) = self.lists.get(cpu) else {
             return Ok(None);
         };
-        match list.hold(Reach::Cpu(cpu), f) {
-            Ok(r) => Ok(Some(r)),
-            Err(Refused::Mine) => Err(RemoteError::Busy),
-            Err(Refused::Fence(e)) => Err(RemoteError::Fence(e)),
-        }
+        list.hold(Reach::Cpu(cpu), f)
+            .map(Some)
+            .map_err(super::refused)
     }
 
     /// Steals up to [`STEAL_BATCH`] nodes from the first other CPU whose

@@ -24,21 +24,19 @@
 //! | guard word | meaning | a thread that wants the data |
 //! |---|---|---|
 //! | 0 | free; sections may commit | takes it |
-//! | another thread's token, this fork generation | held | waits (yielding) |
-//! | the caller's own token | held by an outer frame of the caller (a nested call, or the code a signal handler interrupted) | gets [`Mine`] at once and goes elsewhere |
-//! | a token of an older generation, not the caller's | left by a thread that does not exist in this process (copied by `fork`) | takes it over |
+//! | another thread's token, this fork generation | held | waits (yielding); but if the caller holds a guard in an outer frame, gets [`Refused::Busy`] at once and goes elsewhere (waiting could close a cycle through signal handlers) |
+//! | the caller's own token | held by an outer frame of the caller (a nested call, or the code a signal handler interrupted) | gets [`Refused::Mine`] at once and goes elsewhere |
+//! | a token of an older generation, neither the caller's nor that of the thread that called `fork` | left by a thread that does not exist in this process (copied by `fork`) | takes it over |
 //!
-//! A token is the fork generation in the high 32 bits and a number unique
-//! to the thread in the low 32. The generation moves on in every child of
-//! `fork` (an atfork handler), and, for a child made without atfork
-//! handlers (a raw `clone`), once a long wait finds the process id changed.
+//! Tokens name threads across forks: see [`crate::runtime::token`].
 
 use core::cell::Cell;
 use core::ops::Deref;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fence;
-use crate::runtime::{registration, sys};
+use crate::runtime::registration;
+pub(crate) use crate::runtime::token::{is_mine, orphaned, token, wait_for_holder};
 
 /// Which CPUs may run sections on the guarded data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,15 +47,17 @@ pub(crate) enum Reach {
     AnyCpu,
 }
 
-/// The calling thread holds this guard already (an outer frame of it does).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Mine;
-
-/// Why [`Guarded::hold`] did not run its closure.
+/// Why the guard protocol did not run its closure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// The calling thread holds the guard already.
+    /// The calling thread holds this guard already (an outer frame of it
+    /// does: a nested call, or the code a signal handler interrupted).
     Mine,
+    /// Another thread holds it, and the calling thread holds a guard
+    /// already (an outer frame does), so waiting could close a cycle: its
+    /// holder's signal handler may be waiting for the guard this thread
+    /// holds. The caller goes elsewhere.
+    Busy,
     /// No fence could be made; the guard was released.
     Fence(fence::FenceError),
 }
@@ -86,12 +86,14 @@ impl<T> Guarded<T> {
 
     /// Holds the guard, fences `reach`, runs `f` on the data, and releases
     /// the guard (also when `f` panics). Waits while another thread of this
-    /// process holds the guard; takes over one that `fork` left behind.
+    /// process holds the guard, unless this thread holds a guard already;
+    /// takes over one that `fork` left behind.
     ///
     /// # Errors
     /// [`Refused::Mine`] at once when this thread holds the guard already;
-    /// [`Refused::Fence`] when no fence can be made (the guard is
-    /// released again).
+    /// [`Refused::Busy`] at once when another thread holds it and this
+    /// thread holds another guard; [`Refused::Fence`] when no fence can be
+    /// made (the guard is released again).
     #[inline]
     pub(crate) fn hold<R>(&self, reach: Reach, f: impl FnOnce(&T) -> R) -> Result<R, Refused> {
         let _held = self.enter(reach)?;
@@ -103,14 +105,19 @@ impl<T> Guarded<T> {
     /// one.
     ///
     /// # Errors
-    /// [`Mine`] when this thread holds the guard already.
+    /// [`Refused::Mine`] or [`Refused::Busy`], as for [`hold`](Self::hold);
+    /// never [`Refused::Fence`].
     #[inline]
-    pub(crate) fn hold_waiting<R>(&self, reach: Reach, f: impl FnOnce(&T) -> R) -> Result<R, Mine> {
+    pub(crate) fn hold_waiting<R>(
+        &self,
+        reach: Reach,
+        f: impl FnOnce(&T) -> R,
+    ) -> Result<R, Refused> {
         loop {
             match self.enter(reach) {
                 Ok(_held) => return Ok(f(&self.data)),
-                Err(Refused::Mine) => return Err(Mine),
                 Err(Refused::Fence(_)) => std::thread::yield_now(),
+                Err(other) => return Err(other),
             }
         }
     }
@@ -119,13 +126,20 @@ impl<T> Guarded<T> {
     /// returned value is dropped.
     #[inline]
     fn enter(&self, reach: Reach) -> Result<Release<'_>, Refused> {
+        // Counted before the guard is taken: a signal handler that runs
+        // from here on knows this thread holds (or is taking) a guard.
+        let outer = HOLDING.get();
+        HOLDING.set(outer + 1);
         let me = token();
         // SeqCst, with the SeqCst load in `sections_in_process`: see there.
         if let Err(seen) = self
             .guard
             .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
         {
-            acquire_slow(&self.guard, me, seen).map_err(|Mine| Refused::Mine)?;
+            if let Err(refused) = acquire_slow(&self.guard, me, seen, outer == 0) {
+                HOLDING.set(HOLDING.get() - 1);
+                return Err(refused);
+            }
         }
         let held = Release(&self.guard);
         if registration::sections_in_process() {
@@ -155,18 +169,23 @@ impl<T: Default> Default for Guarded<T> {
     }
 }
 
-/// The guard was held by `seen` at the first try: waits for it, takes it
-/// over from a thread `fork` left behind, or reports that it is this
-/// thread's.
+/// The guard was held by `seen` at the first try: waits for it (only if
+/// `may_wait`: this thread holds no other guard), takes it over from a
+/// thread `fork` left behind, or reports that it is this thread's.
 #[cold]
 #[inline(never)]
-fn acquire_slow(guard: &AtomicU64, mut me: u64, mut seen: u64) -> Result<(), Mine> {
+fn acquire_slow(
+    guard: &AtomicU64,
+    mut me: u64,
+    mut seen: u64,
+    may_wait: bool,
+) -> Result<(), Refused> {
     let mut waits = 0u32;
     loop {
         if seen == 0 {
             // Released meanwhile: try again below.
         } else if is_mine(seen) {
-            return Err(Mine);
+            return Err(Refused::Mine);
         } else if orphaned(seen) {
             match guard.compare_exchange(seen, me, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
@@ -175,17 +194,15 @@ fn acquire_slow(guard: &AtomicU64, mut me: u64, mut seen: u64) -> Result<(), Min
                     continue;
                 }
             }
+        } else if !may_wait {
+            return Err(Refused::Busy);
         } else {
-            waits = waits.wrapping_add(1);
-            // A long wait may mean this process is the child of a fork that
-            // ran no atfork handler (a raw clone), so the holder is gone.
-            if waits.is_multiple_of(256) && refresh_pid() {
+            // Holders hold for a few instructions; the usual reason to find
+            // one is that it was preempted, so give it the CPU.
+            if wait_for_holder(&mut waits) {
                 me = token();
                 continue;
             }
-            // Holders hold for a few instructions; the usual reason to find
-            // one is that it was preempted, so give it the CPU.
-            std::thread::yield_now();
         }
         match guard.compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed) {
             Ok(_) => return Ok(()),
@@ -202,7 +219,24 @@ impl Drop for Release<'_> {
     #[inline]
     fn drop(&mut self) {
         self.0.store(0, Ordering::Release);
+        HOLDING.set(HOLDING.get() - 1);
     }
+}
+
+thread_local! {
+    /// Guards the calling thread holds or is taking, in all its frames. No
+    /// frame waits for a guard while an outer one holds one: every wait is
+    /// then for a holder that itself waits for nothing, so waits always end.
+    /// (Outer frames never take a second guard while they hold one; only a
+    /// signal handler, or a nested call from a `PerCpuU64` closure, can.)
+    static HOLDING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// True when the calling thread holds a guard (or is taking one) in an
+/// outer frame: it must not wait for another thread's guard.
+#[inline]
+pub(crate) fn holding() -> bool {
+    HOLDING.get() > 0
 }
 
 /// How long a section path waits on a set guard before it leaves for the
@@ -210,84 +244,10 @@ impl Drop for Release<'_> {
 /// that `fork` left behind).
 pub(crate) const SECTION_WAITS: u32 = 256;
 
-/// Bumped in every child after `fork`: tokens of an earlier generation
-/// were taken by threads that do not exist in this process (but for the
-/// thread that called `fork`, which lives on as the child's first thread).
-static GENERATION: AtomicU64 = AtomicU64::new(1);
-static AT_FORK: std::sync::Once = std::sync::Once::new();
-
-/// This process's id, cached (`getpid` is a system call): refreshed after
-/// every fork by the atfork handler, and by [`refresh_pid`] for forks that
-/// skip it.
-static PID: AtomicU32 = AtomicU32::new(0);
-
-unsafe extern "C" fn after_fork_in_child() {
-    GENERATION.fetch_add(1, Ordering::Relaxed);
-    PID.store(sys::pid(), Ordering::Relaxed);
-}
-
-/// Re-reads the process id; true when it changed (and then the generation
-/// moved on too, so tokens taken before belong to another process).
-fn refresh_pid() -> bool {
-    let now = sys::pid();
-    if PID.swap(now, Ordering::Relaxed) == now {
-        return false;
-    }
-    GENERATION.fetch_add(1, Ordering::Relaxed);
-    true
-}
-
-/// The calling thread's token: the fork generation in the high 32 bits, a
-/// number unique to the thread in the low 32 (never 0). Guards and the
-/// lock words of [`PerCpu`](crate::PerCpu) hold it.
-#[inline]
-pub(crate) fn token() -> u64 {
-    if !AT_FORK.is_completed() {
-        first_token();
-    }
-    (GENERATION.load(Ordering::Relaxed) << 32) | u64::from(thread_number())
-}
-
-#[cold]
-fn first_token() {
-    AT_FORK.call_once(|| {
-        PID.store(sys::pid(), Ordering::Relaxed);
-        sys::at_fork_child(after_fork_in_child);
-    });
-}
-
-/// True when `token` is the calling thread's (in any generation).
-#[inline]
-pub(crate) fn is_mine(token: u64) -> bool {
-    token as u32 == thread_number()
-}
-
-/// True when `token` was taken by a thread that does not exist in this
-/// process: another thread of the parent, before a `fork` (the thread that
-/// called `fork` lives on in the child and keeps what it held).
-#[inline]
-pub(crate) fn orphaned(token: u64) -> bool {
-    token >> 32 != GENERATION.load(Ordering::Relaxed) && !is_mine(token)
-}
-
-/// The calling thread's number, assigned on first use. 2^32 - 1 threads
-/// in one process before numbers repeat.
-#[inline]
-fn thread_number() -> u32 {
-    thread_local!(static MINE: Cell<u32> = const { Cell::new(0) });
-    let mine = MINE.get();
-    if mine != 0 {
-        return mine;
-    }
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    let fresh = NEXT.fetch_add(1, Ordering::Relaxed).max(1);
-    MINE.set(fresh);
-    fresh
-}
-
 /// A section's view of a set guard, for the retry driver: true when the
-/// section path should stop waiting and leave for the fallback path.
+/// section path should stop waiting and leave for the fallback path (also
+/// at once when this thread holds a guard: see [`HOLDING`]).
 #[inline]
 pub(crate) fn section_gives_up(seen: u64, waits: u32) -> bool {
-    is_mine(seen) || orphaned(seen) || waits >= SECTION_WAITS
+    is_mine(seen) || orphaned(seen) || holding() || waits >= SECTION_WAITS
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use restartable::section::{Id, Index, Order, Outcome, Thread};
 
+use super::Verdict;
+
 /// Operations that exhausted their retries and went round again.
 pub static EXHAUSTED: AtomicU64 = AtomicU64::new(0);
 
@@ -81,7 +83,7 @@ fn slot_index(id: Id, len: usize) -> usize {
 pub trait Structure: Sync {
     fn op(&self, t: &Thread, index: Index, order: Order);
     /// Verifies the final state after `ops` operations in all.
-    fn verify(&self, ops: u64) -> Result<String, String>;
+    fn verify(&self, ops: u64) -> Verdict;
 }
 
 fn slots<T>(make: impl FnMut() -> T) -> Vec<Slot<T>> {
@@ -112,9 +114,9 @@ impl Structure for Increment {
             unsafe { t.add(id, order, v, 1) }
         });
     }
-    fn verify(&self, ops: u64) -> Result<String, String> {
+    fn verify(&self, ops: u64) -> Verdict {
         let sum: u64 = self.slots.iter().map(|s| s.0.load()).sum();
-        check(sum == ops, format!("sum {sum}, expected {ops}"))
+        Verdict::new(sum, ops, true, format!("sum {sum}, expected {ops}"))
     }
 }
 
@@ -148,9 +150,9 @@ impl Structure for DerefAdd {
             unsafe { t.deref_add(id, order, &self.base, offset, 1) }
         });
     }
-    fn verify(&self, ops: u64) -> Result<String, String> {
+    fn verify(&self, ops: u64) -> Verdict {
         let sum: u64 = self.counters.iter().map(|s| s.0.load()).sum();
-        check(sum == ops, format!("sum {sum}, expected {ops}"))
+        Verdict::new(sum, ops, true, format!("sum {sum}, expected {ops}"))
     }
 }
 
@@ -189,11 +191,13 @@ impl Structure for Spinlock {
         // SAFETY: the lock word is a valid u64; AtomicU64 has its layout.
         unsafe { (*(slot.0.ptr() as *const AtomicU64)).store(0, Ordering::Release) };
     }
-    fn verify(&self, ops: u64) -> Result<String, String> {
+    fn verify(&self, ops: u64) -> Verdict {
         let sum: u64 = self.slots.iter().map(|s| s.0 .1.load()).sum();
         let held = self.slots.iter().filter(|s| s.0 .0.load() != 0).count();
-        check(
-            sum == ops && held == 0,
+        Verdict::new(
+            sum,
+            ops,
+            held == 0,
             format!("sum {sum}, expected {ops}; {held} locks still held"),
         )
     }
@@ -266,7 +270,8 @@ impl Structure for List {
             self.push(t, index, node);
         }
     }
-    fn verify(&self, _ops: u64) -> Result<String, String> {
+    fn verify(&self, _ops: u64) -> Verdict {
+        let expected = self.nodes.len() as u64;
         let mut seen = vec![false; self.nodes.len()];
         let mut count = 0usize;
         for head in &self.heads {
@@ -277,19 +282,23 @@ impl Structure for List {
                 let (value, next) = unsafe { ((*node).value, (*node).next) };
                 let v = value as usize;
                 if v >= seen.len() || seen[v] {
-                    return Err(format!("node {value} duplicated or corrupt"));
+                    let detail = format!("node {value} duplicated or corrupt");
+                    return Verdict::new(count as u64, expected, false, detail);
                 }
                 seen[v] = true;
                 count += 1;
                 p = next;
                 if count > self.nodes.len() {
-                    return Err("cycle in a list".to_owned());
+                    let detail = "cycle in a list".to_owned();
+                    return Verdict::new(count as u64, expected, false, detail);
                 }
             }
         }
-        check(
-            count == self.nodes.len(),
-            format!("{count} of {} nodes found", self.nodes.len()),
+        Verdict::new(
+            count as u64,
+            expected,
+            true,
+            format!("{count} of {expected} nodes found"),
         )
     }
 }
@@ -376,7 +385,8 @@ impl Structure for Buffer {
             }
         });
     }
-    fn verify(&self, _ops: u64) -> Result<String, String> {
+    fn verify(&self, _ops: u64) -> Verdict {
+        let expected = self.items.len() as u64;
         let base = self.items.as_ptr() as u64;
         let mut seen = vec![false; self.items.len()];
         let mut count = 0;
@@ -384,15 +394,18 @@ impl Structure for Buffer {
             for entry in &slot.0 .1[..slot.0 .0.load() as usize] {
                 let i = (entry.load().wrapping_sub(base) / 8) as usize;
                 if i >= seen.len() || seen[i] {
-                    return Err(format!("pointer {:#x} duplicated or foreign", entry.load()));
+                    let detail = format!("pointer {:#x} duplicated or foreign", entry.load());
+                    return Verdict::new(count, expected, false, detail);
                 }
                 seen[i] = true;
                 count += 1;
             }
         }
-        check(
-            count == self.items.len(),
-            format!("{count} of {} pointers found", self.items.len()),
+        Verdict::new(
+            count,
+            expected,
+            true,
+            format!("{count} of {expected} pointers found"),
         )
     }
 }
@@ -518,7 +531,8 @@ impl Structure for MemcpyBuffer {
             }
         });
     }
-    fn verify(&self, _ops: u64) -> Result<String, String> {
+    fn verify(&self, _ops: u64) -> Verdict {
+        let expected = self.items as u64;
         let mut seen = vec![false; self.items];
         let mut count = 0;
         for slot in &self.slots {
@@ -527,23 +541,18 @@ impl Structure for MemcpyBuffer {
                 let rec = unsafe { *rec.get() };
                 let i = rec.id as usize;
                 if !rec.valid() || i >= seen.len() || seen[i] {
-                    return Err(format!("record {} torn, duplicated or foreign", rec.id));
+                    let detail = format!("record {} torn, duplicated or foreign", rec.id);
+                    return Verdict::new(count, expected, false, detail);
                 }
                 seen[i] = true;
                 count += 1;
             }
         }
-        check(
-            count == self.items,
-            format!("{count} of {} records found intact", self.items),
+        Verdict::new(
+            count,
+            expected,
+            true,
+            format!("{count} of {expected} records found intact"),
         )
-    }
-}
-
-fn check(ok: bool, what: String) -> Result<String, String> {
-    if ok {
-        Ok(what)
-    } else {
-        Err(what)
     }
 }

@@ -13,13 +13,16 @@ use plotters::prelude::*;
 /// One line of a chart: a variant's throughput at each thread count.
 pub struct Line {
     /// The variant's name, as the command prints it.
-    pub name: &'static str,
+    pub name: String,
     /// What the variant is, shown after the name in the legend.
     pub about: &'static str,
     /// (threads, Mops/s), in the order measured.
     pub points: Vec<(u32, f64)>,
-    /// Drawn thicker: the structure under test rather than a baseline.
+    /// Drawn solid and thicker: the structure under test rather than a
+    /// baseline.
     pub ours: bool,
+    /// Drawn solid but thin: one of ours, on its fallback path.
+    pub fallback: bool,
 }
 
 /// One chart of a figure.
@@ -194,7 +197,12 @@ fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResu
                 baselines.next()
             }
             .unwrap_or(&BLACK);
-            (color, color.stroke_width(if l.ours { 3 } else { 2 }))
+            let width = match (l.ours, l.fallback) {
+                (true, false) => 3,
+                (true, true) => 1,
+                _ => 2,
+            };
+            (color, color.stroke_width(width))
         })
         .collect();
     for (line, &(color, stroke)) in panel.lines.iter().zip(&styles) {

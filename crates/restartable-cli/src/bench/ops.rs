@@ -10,8 +10,10 @@ use crossbeam_utils::CachePadded;
 use restartable::section::{Index, Order, Outcome, Thread};
 use serde::Serialize;
 
-use crate::measure::{self, print_table, Budget, Plan, RunArgs, TableRow, Workload};
-use crate::stress::percpu::{self, Record, Structure};
+use super::harness::{self, Budget, Measured, Plan, Workload};
+use super::report::{self, print_table, TableRow};
+use super::RunArgs;
+use crate::stress::sections::{self, Record, Structure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -247,56 +249,56 @@ fn sum(slots: &[CachePadded<AtomicU64>]) -> u64 {
 }
 
 /// Runs one variant: (measurement, exact).
-fn measure(variant: Variant, threads: u32, budget: Budget) -> (measure::Measured, bool) {
+fn measure(variant: Variant, threads: u32, budget: Budget) -> Result<(Measured, bool), String> {
     let items = 16 * restartable::possible_cpus();
     match variant {
         Variant::SectionAdd => {
-            let w = Sections(percpu::Increment::new());
-            let m = measure::run(&w, threads, budget);
-            (m, w.0.verify(m.ops).is_ok())
+            let w = Sections(sections::Increment::new());
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.verify(m.ops).exact))
         }
         Variant::PercpuFetchAdd => {
             let w = FetchAdd(slots());
-            let m = measure::run(&w, threads, budget);
-            (m, sum(&w.0) == m.ops)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, sum(&w.0) == m.ops))
         }
         Variant::SectionCompareStore => {
             let w = CompareStore(slots());
-            let m = measure::run(&w, threads, budget);
-            (m, sum(&w.0) == m.ops)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, sum(&w.0) == m.ops))
         }
         Variant::PercpuCas => {
             let w = Cas(slots());
-            let m = measure::run(&w, threads, budget);
-            (m, sum(&w.0) == m.ops)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, sum(&w.0) == m.ops))
         }
         Variant::SectionList => {
-            let w = Sections(percpu::List::new(items));
-            let m = measure::run(&w, threads, budget);
-            (m, w.0.verify(m.ops).is_ok())
+            let w = Sections(sections::List::new(items));
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.verify(m.ops).exact))
         }
         Variant::TaggedStack => {
             let w = TaggedStack::new(items);
-            let m = measure::run(&w, threads, budget);
-            (m, w.count() == items)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.count() == items))
         }
         Variant::MutexVec => {
             let w = MutexVec(Mutex::new((0..items as u64).collect()));
-            let m = measure::run(&w, threads, budget);
+            let m = harness::run(&w, threads, budget)?;
             let mut v = w.0.into_inner().unwrap_or_default();
             v.sort_unstable();
-            (m, v == (0..items as u64).collect::<Vec<_>>())
+            Ok((m, v == (0..items as u64).collect::<Vec<_>>()))
         }
         Variant::SectionMemcpy => {
-            let w = Sections(percpu::MemcpyBuffer::new(items));
-            let m = measure::run(&w, threads, budget);
-            (m, w.0.verify(m.ops).is_ok())
+            let w = Sections(sections::MemcpyBuffer::new(items));
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.verify(m.ops).exact))
         }
         Variant::MutexCopy => {
             let w = MutexCopy(Mutex::new((0..items as u64).map(Record::new).collect()));
-            let m = measure::run(&w, threads, budget);
+            let m = harness::run(&w, threads, budget)?;
             let v = w.0.into_inner().unwrap_or_default();
-            (m, v.len() == items && v.iter().all(Record::valid))
+            Ok((m, v.len() == items && v.iter().all(Record::valid)))
         }
     }
 }
@@ -316,8 +318,8 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
     } else {
         variants
     };
-    let measured = plan.run(&variants, Variant::name, measure);
-    let ratios = measure::ratios(&measured, Variant::section);
+    let measured = plan.run(&variants, Variant::name, measure)?;
+    let ratios = report::ratios(&measured, Variant::section);
     let rows: Vec<Row> = measured
         .into_iter()
         .zip(ratios)
@@ -332,7 +334,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
         })
         .collect();
     if args.json {
-        measure::print_json(&rows)?;
+        report::print_json(&rows)?;
     } else {
         println!("restartable bench ops: {} online CPUs; each row compared with the section of its group", restartable::online_cpus());
         let table: Vec<TableRow> = rows

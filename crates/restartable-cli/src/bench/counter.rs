@@ -9,7 +9,9 @@ use crossbeam_utils::CachePadded;
 use restartable::Counter;
 use serde::Serialize;
 
-use crate::measure::{self, print_table, Budget, Plan, RunArgs, TableRow, Workload};
+use super::harness::{self, Budget, Measured, Plan, Workload};
+use super::report::{self, print_table, TableRow};
+use super::RunArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,38 +112,34 @@ fn per_cpu_slots() -> Vec<CachePadded<AtomicU64>> {
 }
 
 /// Runs one variant: (measurement, exact).
-fn measure(variant: Variant, threads: u32, budget: Budget) -> (measure::Measured, bool) {
+fn measure(variant: Variant, threads: u32, budget: Budget) -> Result<(Measured, bool), String> {
     match variant {
         Variant::Counter => {
             let w = CounterWork(Counter::new());
-            let m = measure::run(&w, threads, budget);
-            (m, w.0.sum() == m.ops)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.sum() == m.ops))
         }
         Variant::SharedAtomic => {
             let w = SharedAtomic(CachePadded::new(AtomicU64::new(0)));
-            let m = measure::run(&w, threads, budget);
-            (m, w.0.load(Ordering::Relaxed) == m.ops)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.load(Ordering::Relaxed) == m.ops))
         }
         Variant::SchedGetcpuAtomic => {
             let w = PerCpuAtomic::<false>(per_cpu_slots());
-            let m = measure::run(&w, threads, budget);
-            (
-                m,
-                w.0.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() == m.ops,
-            )
+            let m = harness::run(&w, threads, budget)?;
+            let exact = w.0.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() == m.ops;
+            Ok((m, exact))
         }
         Variant::RseqCpuAtomic => {
             let w = PerCpuAtomic::<true>(per_cpu_slots());
-            let m = measure::run(&w, threads, budget);
-            (
-                m,
-                w.0.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() == m.ops,
-            )
+            let m = harness::run(&w, threads, budget)?;
+            let exact = w.0.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() == m.ops;
+            Ok((m, exact))
         }
         Variant::ThreadLocal => {
             let w = ThreadLocal(AtomicU64::new(0));
-            let m = measure::run(&w, threads, budget);
-            (m, w.0.load(Ordering::Relaxed) == m.ops)
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.load(Ordering::Relaxed) == m.ops))
         }
     }
 }
@@ -153,8 +151,8 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
     } else {
         variants
     };
-    let measured = plan.run(&variants, Variant::name, measure);
-    let ratios = measure::ratios(&measured, |_| Variant::Counter);
+    let measured = plan.run(&variants, Variant::name, measure)?;
+    let ratios = report::ratios(&measured, |_| Variant::Counter);
     let rows: Vec<Row> = measured
         .into_iter()
         .zip(ratios)
@@ -168,7 +166,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
         })
         .collect();
     if args.json {
-        measure::print_json(&rows)?;
+        report::print_json(&rows)?;
     } else {
         let reg = restartable::registration();
         println!(

@@ -1,0 +1,94 @@
+//! `restartable bench`: each benchmark runs the library's structures and
+//! the alternatives people use in the same run, at 1, N and 4N threads,
+//! and reports ratios against the baselines measured there.
+
+mod counter;
+mod harness;
+mod ops;
+mod plot;
+mod report;
+mod structures;
+
+use clap::{Args, Subcommand};
+
+pub use harness::{MAX_OPS, MAX_THREADS};
+
+#[derive(Subcommand)]
+pub enum What {
+    /// `Counter` against a shared atomic, per-CPU atomics and a thread-local.
+    Counter(CounterArgs),
+    /// Each critical section against its nearest atomic or mutex equivalent.
+    Ops(OpsArgs),
+    /// The per-CPU structures (`Pool`, `Stack`, `Buffer`, `PerCpuU64`,
+    /// `PerCpu`) against queues, mutexes, channels and sharded_slab, on the
+    /// rseq path, the fallback path, or both.
+    Structures(StructuresArgs),
+}
+
+/// The options every benchmark shares.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Thread counts to run, comma-separated, each 1 to 4096 [default:
+    /// 1,N,4N with N = online CPUs].
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| crate::parse::count(s, 1, MAX_THREADS.into()).map(|n| n as u32))]
+    pub threads: Vec<u32>,
+    /// Seconds per run, 0.001 to 3600 (conflicts with --ops).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::parse::duration, conflicts_with = "ops")]
+    pub duration: f64,
+    /// Operations per thread per run, 1 to 10^9, instead of a fixed
+    /// duration.
+    #[arg(long, value_parser = |s: &str| crate::parse::count(s, 1, MAX_OPS))]
+    pub ops: Option<u64>,
+    /// Print the rows as a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CounterArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<counter::Variant>,
+}
+
+#[derive(Args)]
+pub struct OpsArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<ops::Variant>,
+}
+
+#[derive(Args)]
+pub struct StructuresArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<structures::Variant>,
+    /// Which path the library's structures take: `rseq` (critical
+    /// sections), `fallback` (as with RESTARTABLE_DISABLE=1: no thread uses
+    /// rseq), or `both` (the fallback rows come from a second process of
+    /// this program, with its own baselines).
+    #[arg(long, value_enum, default_value = "rseq")]
+    path: structures::Path,
+    /// Also write an SVG chart of throughput against threads to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+}
+
+pub fn run(what: What) -> Result<(), String> {
+    match what {
+        What::Counter(args) => counter::run(&args.run, harness::unique(args.variants)),
+        What::Ops(args) => ops::run(&args.run, harness::unique(args.variants)),
+        What::Structures(args) => structures::run(
+            &args.run,
+            harness::unique(args.variants),
+            args.path,
+            args.plot,
+        ),
+    }
+}

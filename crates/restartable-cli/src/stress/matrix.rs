@@ -1,0 +1,157 @@
+//! `restartable stress` without a mode: a quick matrix. Every mode runs
+//! briefly in a process of its own (each has its own statics and signal
+//! counts) with the options given, and gets one line: the path it ran on,
+//! its aborts and fallback operations, and whether its check was exact.
+
+use std::process::{Command, Stdio};
+
+use super::{Mode, Options, Report};
+
+/// Operations per worker of each mode when `--ops` is not given.
+const QUICK_OPS: u64 = 2000;
+/// Threads of the churn mode when `--threads` is not given.
+const QUICK_CHURN: u32 = 500;
+
+pub fn run(opts: &Options) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let rseq = restartable::registration().rseq_available() && restartable::HAS_CRITICAL_SECTIONS;
+    let mut reports = Vec::new();
+    let mut failed = Vec::new();
+    if !opts.json {
+        println!(
+            "restartable stress: every mode, {} ops per worker ({} threads){}",
+            opts.ops.unwrap_or(QUICK_OPS),
+            opts.threads
+                .map_or_else(|| "6 x online CPUs".to_owned(), |t| t.to_string()),
+            if rseq {
+                String::new()
+            } else {
+                "; rseq is not in use here, so the raw-section modes are skipped".to_owned()
+            }
+        );
+        println!(
+            "{:<13} {:<8} {:>14} {:>9} {:>9} {:>8}  result",
+            "mode", "path", "operations", "aborts", "fallback", "seconds"
+        );
+    }
+    for mode in Mode::ALL {
+        if mode.raw_sections() && !rseq {
+            if !opts.json {
+                println!(
+                    "{:<13} skipped: drives raw critical sections, which need rseq",
+                    mode.name()
+                );
+            }
+            continue;
+        }
+        let out = command(&exe, mode, opts)
+            .output()
+            .map_err(|e| format!("cannot run stress {}: {e}", mode.name()))?;
+        let report: Option<Report> = serde_json::from_slice(&out.stdout).ok();
+        let problem = match (&report, out.status.success()) {
+            (Some(r), true) if r.exact => None,
+            _ => Some(
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
+                    .to_owned(),
+            ),
+        };
+        if !opts.json {
+            print_line(mode, report.as_ref(), problem.as_deref());
+        }
+        if problem.is_some() {
+            failed.push(mode.name());
+        }
+        reports.extend(report);
+    }
+    if opts.json {
+        let text = serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?;
+        println!("{text}");
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(format!("stress failed in: {}", failed.join(", "))),
+    }
+}
+
+/// `stress MODE --json` with the options that apply to the mode.
+fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["stress", mode.name(), "--json"]);
+    let threads = match (opts.threads, mode) {
+        (None, Mode::Churn) => Some(QUICK_CHURN),
+        (t, _) => t,
+    };
+    if let Some(t) = threads {
+        cmd.arg("--threads").arg(t.to_string());
+    }
+    if mode != Mode::Churn {
+        cmd.arg("--ops")
+            .arg(opts.ops.unwrap_or(QUICK_OPS).to_string());
+    }
+    for (flag, value) in [
+        ("--yield-every", opts.yield_every),
+        ("--signal-every", opts.signal_every),
+        ("--sleep-every", opts.sleep_every),
+        ("--signal-us", opts.signal_us),
+        ("--timeout", opts.timeout),
+    ] {
+        cmd.arg(flag).arg(value.to_string());
+    }
+    if !opts.inject.is_empty() {
+        let points: Vec<String> = opts
+            .inject
+            .iter()
+            .map(|(p, l)| format!("{p}={l}"))
+            .collect();
+        cmd.arg("--inject").arg(points.join(","));
+    }
+    if mode.raw_sections() || mode == Mode::Percpu {
+        cmd.arg("--index").arg(match opts.index {
+            super::IndexArg::Cpu => "cpu",
+            super::IndexArg::MmCid => "mm-cid",
+        });
+    }
+    if mode.raw_sections() {
+        cmd.arg("--order").arg(match opts.order {
+            super::OrderArg::Relaxed => "relaxed",
+            super::OrderArg::Release => "release",
+        });
+    }
+    if mode.on_library() && opts.skip_registration > 0 {
+        cmd.arg("--skip-registration")
+            .arg(opts.skip_registration.to_string());
+    }
+    if opts.pin_workers && mode != Mode::Churn {
+        cmd.arg("--pin-workers");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn print_line(mode: Mode, report: Option<&Report>, problem: Option<&str>) {
+    let Some(r) = report else {
+        println!(
+            "{:<13} FAILED: {}",
+            mode.name(),
+            problem.unwrap_or("no report")
+        );
+        return;
+    };
+    let count = |n: Option<u64>| n.map_or("-".to_owned(), |n| n.to_string());
+    let result = match problem {
+        None => "exact".to_owned(),
+        Some(p) => format!("MISMATCH: {} ({p})", r.check),
+    };
+    println!(
+        "{:<13} {:<8} {:>14} {:>9} {:>9} {:>8.2}  {result}",
+        mode.name(),
+        r.path,
+        r.ops,
+        count(r.aborts),
+        count(r.fallback_ops),
+        r.seconds
+    );
+}
