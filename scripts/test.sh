@@ -44,6 +44,7 @@ missing=()
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 command -v file >/dev/null 2>&1 || missing+=(file)
 command -v nm >/dev/null 2>&1 || missing+=(binutils)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if ((${#missing[@]})); then
     pkg_install "${missing[@]}"
 fi

@@ -62,7 +62,7 @@ impl ThreadTimer {
                 ));
             }
             let period = libc::timespec {
-                tv_sec: (interval_us / 1_000_000) as libc::time_t,
+                tv_sec: (interval_us / 1_000_000) as _,
                 tv_nsec: ((interval_us % 1_000_000) * 1000) as libc::c_long,
             };
             let spec = libc::itimerspec {
@@ -103,7 +103,9 @@ pub fn sleep_ms(ms: u64) {
         let mut deadline: libc::timespec = std::mem::zeroed();
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut deadline);
         deadline.tv_nsec += (ms as libc::c_long % 1000) * 1_000_000;
-        deadline.tv_sec += (ms / 1000) as libc::time_t + deadline.tv_nsec / 1_000_000_000;
+        let secs =
+            deadline.tv_sec as i64 + (ms / 1000) as i64 + deadline.tv_nsec as i64 / 1_000_000_000;
+        deadline.tv_sec = secs as _;
         deadline.tv_nsec %= 1_000_000_000;
         while libc::clock_nanosleep(
             libc::CLOCK_MONOTONIC,

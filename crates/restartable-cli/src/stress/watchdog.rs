@@ -59,7 +59,7 @@ pub fn start(secs: u64, total: u64) {
             let idle = moved.elapsed().as_secs();
             if idle >= STALLED.min(secs) {
                 eprintln!(
-                    "restartable: stress run stalled: no operation completed in the last {idle} s ({done} of {total} done after {secs} s); critical sections keep aborting (are signals more frequent than a section with its injected delays takes?); giving up"
+                    "restartable: stress run stalled: no operation completed in the last {idle} s ({done} of {total} done after {secs} s): sections keep aborting (are signals more frequent than a section with its injected delays takes?) or a thread waits for something that never comes; giving up"
                 );
             } else {
                 eprintln!(

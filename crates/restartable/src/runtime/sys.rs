@@ -13,7 +13,7 @@ pub type Errno = i32;
 #[cfg(all(target_os = "linux", not(miri)))]
 mod imp {
     use super::Errno;
-    use core::ffi::{c_char, c_void, CStr};
+    use core::ffi::{c_void, CStr};
 
     fn errno() -> Errno {
         // SAFETY: `__errno_location` returns the calling thread's errno slot,
@@ -237,7 +237,7 @@ mod imp {
     #[cfg(target_env = "gnu")]
     pub fn libc_version() -> Option<&'static str> {
         // SAFETY: returns a pointer to a static NUL-terminated string.
-        let ptr: *const c_char = unsafe { libc::gnu_get_libc_version() };
+        let ptr: *const core::ffi::c_char = unsafe { libc::gnu_get_libc_version() };
         if ptr.is_null() {
             return None;
         }
