@@ -66,6 +66,16 @@ fn rseq_here() -> bool {
     here
 }
 
+/// Operations per worker of each run: with delays injected inside every
+/// section and the manager's fences aborting them, enough for thousands of
+/// aborts per run (the reports show them) while the matrix stays within a
+/// few minutes.
+const OPS: &str = "2000";
+
+/// Operations per worker where fallback threads, whose every operation
+/// fences, mix with injected sections (the slowest runs).
+const MIXED_OPS: &str = "1500";
+
 /// Stands for the owner a process adopts by default (libc's area where
 /// glibc registers, the library's on musl).
 const DEFAULT: &str = "default";
@@ -77,7 +87,7 @@ fn stress(mode: &str, extra: &[&str], env: &[(&str, &str)], owner: &str) {
         DEFAULT => *OWNER.get_or_init(default_owner),
         other => other,
     };
-    let mut args = vec!["stress", mode, "--ops", "4000", "--json"];
+    let mut args = vec!["stress", mode, "--ops", OPS, "--json"];
     args.extend_from_slice(extra);
     let mut cmd = restartable(&args);
     for (k, v) in env {
@@ -153,6 +163,8 @@ fn each_injection_point_alone() {
             "stack",
             "pool",
             "drain",
+            "percpu",
+            "fetch-update",
         ] {
             stress(mode, &["--inject", &inject], &[], DEFAULT);
         }
@@ -213,7 +225,7 @@ fn threads_that_skip_registration_mix_with_rseq_threads() {
                 "stress",
                 mode,
                 "--ops",
-                "4000",
+                MIXED_OPS,
                 "--threads",
                 "8",
                 "--skip-registration",
@@ -235,7 +247,7 @@ fn threads_that_skip_registration_mix_with_rseq_threads() {
             assert_eq!(report["rseq_threads"], 5, "{report}");
             assert_eq!(report["fallback_threads"], 3, "{report}");
             assert!(
-                report["fallback_ops"].as_u64().unwrap() >= 3 * 4000,
+                report["fallback_ops"].as_u64().unwrap() >= 3 * MIXED_OPS.parse::<u64>().unwrap(),
                 "{report}"
             );
         }
@@ -268,7 +280,7 @@ fn the_migration_fence_reaches_cpus_outside_the_callers_affinity() {
             "stress",
             mode,
             "--ops",
-            "4000",
+            OPS,
             "--threads",
             "8",
             "--pin-workers",

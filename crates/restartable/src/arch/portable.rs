@@ -19,6 +19,14 @@ pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
     [core::ptr::null(); 3]
 }
 
+/// Adds one to a counter that only the calling thread writes (others read
+/// it), so that a signal handler of this thread cannot come between its
+/// load and its store: an atomic add, uncontended.
+#[inline(always)]
+pub(crate) fn bump_own(counter: &core::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Never called: [`HAS_SECTIONS`] is false.
 ///
 /// # Safety

@@ -60,6 +60,16 @@ pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
     [offset, size, flags]
 }
 
+/// Adds one to a counter that only the calling thread writes (others read
+/// it), in one instruction: a signal handler of this thread cannot come
+/// between its load and its store, and no locked instruction is needed.
+#[inline(always)]
+pub(crate) fn bump_own(counter: &core::sync::atomic::AtomicU64) {
+    // SAFETY: `inc` on an aligned u64 that only this thread writes: to any
+    // other thread it is one atomic store of the next value.
+    unsafe { asm!("inc qword ptr [{0}]", in(reg) counter.as_ptr(), options(nostack)) };
+}
+
 /// A delay loop of `DELAYS[$slot]` iterations (feature `inject`), or
 /// nothing at all.
 #[cfg(feature = "inject")]

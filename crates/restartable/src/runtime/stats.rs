@@ -3,9 +3,9 @@
 //!
 //! Compiled in with the `abort-stats` cargo feature; without it every
 //! recording function is empty and [`stats`] returns `None`. Each thread
-//! counts in a block of its own with plain stores (no atomic instruction,
-//! no shared cache line), so counting costs next to nothing even when every
-//! operation of every thread takes the fallback path.
+//! counts in a block of its own (one `inc` on x86-64: no locked
+//! instruction, no shared cache line), so counting costs next to nothing
+//! even when every operation of every thread takes the fallback path.
 
 /// Why an operation left its critical section and completed on the
 /// fallback path (the guard protocol, or atomics for a counter).
@@ -150,16 +150,15 @@ pub(crate) fn thread_started() {
     blocks::claim();
 }
 
-/// Per-thread blocks of counts. Each thread adds to its own block with a
-/// plain load and store (no locked instruction): only it writes there. A
-/// signal handler that interrupts such an add (a per-thread `busy` flag
-/// says so) adds to a shared stripe instead, with an atomic add, so no
-/// count is lost. Blocks are never freed: a thread's block goes back to the
-/// list when it exits, for the next thread to take, counts included.
+/// Per-thread blocks of counts. Each thread adds to its own block with
+/// one instruction that a signal handler of the thread cannot split
+/// (`arch::bump_own`: a plain `inc` on x86-64): only it writes there.
+/// Blocks are never freed: a thread's block goes back to the list when it
+/// exits, for the next thread to take, counts included.
 #[cfg(feature = "abort-stats")]
 mod blocks {
     use core::cell::Cell;
-    use core::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
     use super::Cause;
 
@@ -168,9 +167,6 @@ mod blocks {
     #[repr(align(128))]
     struct Block {
         counts: [AtomicU64; COUNTS],
-        /// Set while the owner adds: a handler that finds it set uses a
-        /// shared stripe.
-        busy: AtomicBool,
         in_use: AtomicBool,
         next: *const Block,
     }
@@ -179,8 +175,7 @@ mod blocks {
     static BLOCKS: AtomicPtr<Block> = AtomicPtr::new(core::ptr::null_mut());
 
     /// Stripes for events of threads without a block of their own (a
-    /// thread past its thread-local destructors, or a handler that
-    /// interrupted an add), chosen by CPU or slot.
+    /// thread past its thread-local destructors), chosen by CPU or slot.
     const STRIPES: usize = 64;
     #[repr(align(128))]
     struct Stripe([AtomicU64; COUNTS]);
@@ -228,7 +223,6 @@ mod blocks {
             None => {
                 let fresh = Box::into_raw(Box::new(Block {
                     counts: [const { AtomicU64::new(0) }; COUNTS],
-                    busy: AtomicBool::new(false),
                     in_use: AtomicBool::new(true),
                     next: core::ptr::null(),
                 }));
@@ -255,18 +249,8 @@ mod blocks {
     pub(super) fn add(i: usize, stripe: usize) {
         // SAFETY: blocks are never freed.
         match unsafe { MINE.get().as_ref() } {
-            Some(block) if !block.busy.load(Ordering::Relaxed) => {
-                block.busy.store(true, Ordering::Relaxed);
-                // Only this thread (and its signal handlers, which see
-                // `busy`) writes the block; the fences keep the compiler
-                // from moving the add out of the flagged window.
-                compiler_fence(Ordering::SeqCst);
-                let count = &block.counts[i];
-                count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                compiler_fence(Ordering::SeqCst);
-                block.busy.store(false, Ordering::Relaxed);
-            }
-            _ => {
+            Some(block) => crate::arch::bump_own(&block.counts[i]),
+            None => {
                 SHARED[stripe % STRIPES].0[i].fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -162,7 +162,9 @@ impl<T: Copy> Buffer<T> {
     /// The fallback path: appends under the guard of the current CPU's
     /// buffer, or, when an outer frame of this thread holds that guard,
     /// of the first other buffer that exists and has room.
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn push_fallback(&self, cause: Cause, record: T) -> bool {
         let here = retry::fallback_index(cause, self.slots.len());
         let append = |slot: &Slot<T>, index| {

@@ -14,6 +14,7 @@ use super::kit::retry::{self, Step};
 use super::kit::sparse::SparseSlots;
 use super::RemoteError;
 use crate::fence::FenceError;
+use crate::runtime::registration;
 use crate::section::{Index, Order, Outcome, Thread};
 use crate::stats::Cause;
 
@@ -474,11 +475,25 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
     /// The guarded path of [`lock`](Self::lock): a free slot (the current
     /// CPU's first), else one another thread holds, waited for, else a new
     /// spare.
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn lock_fallback(&self, cause: Cause) -> PerCpuGuard<'_, T> {
         let here = retry::fallback_index(cause, self.len());
         let me = guard::token();
-        let _ = self.slots.get_or_init(here, || self.fresh());
+        // The common case first: the current CPU's slot is free.
+        if let Some(slot) = self.slots.get_or_init(here, || self.fresh()) {
+            if let Taken::Got(guard) = self.take_indexed(slot, here, me) {
+                return guard;
+            }
+        }
+        self.lock_elsewhere(here, me)
+    }
+
+    /// [`lock_fallback`](Self::lock_fallback) when the current CPU's slot
+    /// was not free.
+    #[cold]
+    fn lock_elsewhere(&self, here: usize, me: u64) -> PerCpuGuard<'_, T> {
         let mut held_by_others = None;
         match self.take_free(here, me, &mut held_by_others) {
             Some(guard) => guard,
@@ -506,7 +521,9 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
 
     /// The guarded path of [`try_lock`](Self::try_lock): a free slot that
     /// exists, or nothing.
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn try_lock_fallback(&self, cause: Cause) -> Option<PerCpuGuard<'_, T>> {
         let here = retry::fallback_index(cause, self.len());
         self.take_free(here, guard::token(), &mut None)
@@ -539,13 +556,53 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
 
     /// Takes an indexed slot's lock under its guard, without waiting for
     /// another holder.
+    #[inline]
     fn take_indexed<'a>(&'a self, slot: &'a Indexed<T>, index: usize, me: u64) -> Taken<'a, T> {
+        // Where no thread of the process runs sections, the lock word alone
+        // excludes other takers: one compare-exchange, no guard. SeqCst, as
+        // the guard's is: a thread that registers rseq after the second
+        // look sees this lock taken in all its sections (see
+        // `registration::sections_in_process`); one that registered between
+        // the two looks may have raced it, and the guard settles that.
+        if !registration::sections_in_process()
+            && slot
+                .lock
+                .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            if !registration::sections_in_process() {
+                return Taken::Got(PerCpuGuard::new(slot, index));
+            }
+            return self.settle(slot, index, me);
+        }
         // Sections are fenced out: only holders' releases race us.
-        match slot.hold(self.reach(index), |slot| take_lock(slot, me)) {
+        match slot.hold(self.reach(index), |slot| take_guarded(slot, me)) {
             Ok(Lock::Taken) => Taken::Got(PerCpuGuard::new(slot, index)),
             Ok(Lock::Mine) | Err(Refused::Mine) => Taken::Mine,
             Ok(Lock::Busy) | Err(Refused::Busy) => Taken::Busy,
             Err(Refused::Fence(e)) => Taken::NoFence(e),
+        }
+    }
+
+    /// After a take without the guard raced a thread's first registration:
+    /// once the slot's sections are fenced out, the lock is this thread's
+    /// if it still holds `me` (a section that read it free before the take
+    /// has committed its own token over it by then).
+    #[cold]
+    fn settle<'a>(&'a self, slot: &'a Indexed<T>, index: usize, me: u64) -> Taken<'a, T> {
+        match slot.hold_waiting(self.reach(index), |slot| slot.lock.load(Ordering::Acquire)) {
+            Ok(seen) if seen == me => Taken::Got(PerCpuGuard::new(slot, index)),
+            // A section's token replaced ours: the lock is its.
+            Ok(_) => Taken::Busy,
+            // An outer frame of this thread holds the guard, or another
+            // guard: the take cannot be settled now, so it is undone (a
+            // section that read the lock free may then commit its own).
+            Err(_) => {
+                let _ = slot
+                    .lock
+                    .compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed);
+                Taken::Busy
+            }
         }
     }
 
@@ -617,9 +674,32 @@ enum Lock {
     Busy,
 }
 
-/// Compare-exchanges `slot`'s lock to `me` (taking it over, poisoned, from
-/// a thread that does not exist in this process); the caller has the slot
-/// to itself but for holders' releases.
+/// Takes `slot`'s lock for `me` when it is free (or held by a thread that
+/// does not exist in this process: taken over, poisoned). The caller holds
+/// the slot's guard with sections fenced out, so nothing else can write the
+/// lock word but its holder's release, and a free word has no holder: a
+/// load and a store do, no atomic instruction.
+fn take_guarded<T>(slot: &Slot<T>, me: u64) -> Lock {
+    // Acquire: pairs with the previous holder's release store.
+    let seen = slot.lock.load(Ordering::Acquire);
+    if seen == 0 {
+        slot.lock.store(me, Ordering::Relaxed);
+        return Lock::Taken;
+    }
+    let orphan = guard::orphaned(seen);
+    if guard::is_mine(seen) {
+        return Lock::Mine;
+    }
+    if !orphan {
+        return Lock::Busy;
+    }
+    slot.lock.store(me, Ordering::Relaxed);
+    slot.poisoned.store(true, Ordering::Relaxed);
+    Lock::Taken
+}
+
+/// Compare-exchanges a spare's lock to `me` (taking it over, poisoned, from
+/// a thread that does not exist in this process): spares have no guard.
 fn take_lock<T>(slot: &Slot<T>, me: u64) -> Lock {
     let seen = slot.lock.load(Ordering::Relaxed);
     if seen != 0 && guard::is_mine(seen) {

@@ -1,7 +1,8 @@
 //! [`PerCpuU64`]: one `u64` per CPU, read-modify-written through critical
 //! sections, with a fallback that is safe alongside them.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::cell::Cell;
+use core::sync::atomic::{compiler_fence, AtomicU64, Ordering};
 
 use super::kit::dense::DenseSlots;
 use super::kit::guard::{Guarded, Reach, Refused};
@@ -36,7 +37,8 @@ type Word = Guarded<AtomicU64>;
 /// Safe in signal handlers (once the first use allocated the words), and
 /// no handler ever waits for a guard while its thread holds one: a handler
 /// that interrupts its thread while that thread holds the word's guard
-/// updates the word with a compare-exchange; one whose thread holds some
+/// updates the word itself (unless it interrupted the store, when it goes
+/// to the side word below); one whose thread holds some
 /// other guard while another thread holds the word's updates a *side word*
 /// instead, which [`sum`](Self::sum) includes and [`get`](Self::get) and
 /// [`per_cpu`](Self::per_cpu) do not show.
@@ -130,10 +132,12 @@ impl PerCpuU64 {
         let word = self.slots.slot(cpu).ok_or(RemoteError::NoSuchCpu)?;
         match word.hold(Reach::Cpu(cpu), |value| update(value, &mut |v| Some(f(v)))) {
             Ok((old, _)) => Ok(old),
-            // An outer frame of this thread holds the guard (a nested call,
-            // or the code a signal handler interrupted): nothing else can
-            // write the word now, and `update` is safe against that frame.
-            Err(Refused::Mine) => Ok(update(word, &mut |v| Some(f(v))).0),
+            // An outer frame of this thread holds the guard (a nested call
+            // from its `f`, or the code a signal handler interrupted):
+            // nothing else can write the word now, and `update` is safe
+            // against that frame unless it is storing right now.
+            Err(Refused::Mine) if !STORING.get() => Ok(update(word, &mut |v| Some(f(v))).0),
+            Err(Refused::Mine) => Err(RemoteError::Busy),
             Err(other) => Err(super::refused(other)),
         }
     }
@@ -201,7 +205,9 @@ impl PerCpuU64 {
     }
 
     /// The fallback path: the guarded update of the current CPU's word.
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn fallback(&self, cause: Cause, mut f: impl FnMut(u64) -> Option<u64>) -> Option<u64> {
         let (_, len) = self.slots.get();
         let index = retry::fallback_index(cause, len);
@@ -210,20 +216,47 @@ impl PerCpuU64 {
             match word.hold_waiting(Reach::Cpu(index), |value| update(value, &mut f)) {
                 Ok(done) => done,
                 // Held by an outer frame of this thread: see `fetch_update_on`.
-                Err(Refused::Mine) => update(word, &mut f),
+                Err(Refused::Mine) if !STORING.get() => update(word, &mut f),
                 // Another thread holds it while this one holds another guard:
                 // waiting could deadlock, so the update goes to the side word.
-                Err(_) => update(&self.side, &mut f),
+                Err(_) => update_shared(&self.side, &mut f),
             };
         updated.then_some(old)
     }
 }
 
-/// The update under the guard: a compare-exchange loop, so that an update
-/// of the same word from an outer or inner frame of this thread (a nested
-/// call from `f`, or a signal handler) is never lost; `f` then runs again
-/// on the new value. Returns (old value, updated).
+/// The update under the guard: a load, `f`, and a store, with no atomic
+/// instruction. Under the guard nothing writes the word but the frames of
+/// this thread: a nested call from `f`, or a signal handler. Such a frame
+/// may update the word itself while this one is not storing (`f` then runs
+/// again here, on the new value: the word is read again right before the
+/// store); while this one is storing it sees [`STORING`] and goes to the
+/// side word instead. Returns (old value, updated).
 fn update(value: &AtomicU64, f: &mut impl FnMut(u64) -> Option<u64>) -> (u64, bool) {
+    loop {
+        let old = value.load(Ordering::Acquire);
+        let new = f(old);
+        let outer = STORING.replace(true);
+        // Keeps the compiler from moving the re-read and the store out of
+        // the flagged window (a handler runs between two instructions).
+        compiler_fence(Ordering::SeqCst);
+        let unchanged = value.load(Ordering::Relaxed) == old;
+        if unchanged {
+            if let Some(new) = new {
+                value.store(new, Ordering::Release);
+            }
+        }
+        compiler_fence(Ordering::SeqCst);
+        STORING.set(outer);
+        if unchanged {
+            return (old, new.is_some());
+        }
+    }
+}
+
+/// The update of the side word, which threads share without a guard: a
+/// compare-exchange loop. Returns (old value, updated).
+fn update_shared(value: &AtomicU64, f: &mut impl FnMut(u64) -> Option<u64>) -> (u64, bool) {
     let mut old = value.load(Ordering::Acquire);
     loop {
         let Some(new) = f(old) else {
@@ -234,6 +267,12 @@ fn update(value: &AtomicU64, f: &mut impl FnMut(u64) -> Option<u64>) -> (u64, bo
             Err(now) => old = now,
         }
     }
+}
+
+thread_local! {
+    /// Set while a frame of this thread re-reads and stores a word it
+    /// updates under the guard (see [`update`]).
+    static STORING: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Default for PerCpuU64 {

@@ -355,7 +355,9 @@ impl<T, F: Fn() -> T> Pool<T, F> {
         })
     }
 
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn take_fallback(&self, cause: Cause) -> Option<u64> {
         self.on_fallback(cause, |cache| {
             let n = cache.count.load(Ordering::Relaxed);
@@ -366,7 +368,9 @@ impl<T, F: Fn() -> T> Pool<T, F> {
         .flatten()
     }
 
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn put_fallback(&self, cause: Cause, address: u64) {
         let put = self.on_fallback(cause, |cache| {
             let mut n = cache.count.load(Ordering::Relaxed) as usize;

@@ -335,7 +335,9 @@ impl<T> Stack<T> {
     /// the guard; 0 when the list does not exist or this thread cannot hold
     /// its guard now (an outer frame holds it, or holds another guard while
     /// another thread holds this one).
-    #[cold]
+    // Not `#[cold]`: without rseq this is the hot path; out of line
+    // only, to keep the section path small.
+    #[inline(never)]
     fn on_fallback(&self, cause: Cause, f: impl FnOnce(&AtomicU64) -> u64) -> u64 {
         let index = retry::fallback_index(cause, self.lists.len());
         self.lists

@@ -16,7 +16,8 @@ use crate::structures::kit::padded::Padded;
 use crate::structures::kit::retry;
 
 /// Adds `count` to the fallback word of the current CPU's slot.
-#[cold]
+// Not `#[cold]`: without rseq this is the hot path; out of line only, to
+// keep the section path small.
 #[inline(never)]
 pub(crate) fn add(base: NonNull<Padded<SplitWord>>, len: usize, count: u64, cause: Cause) {
     let index = retry::fallback_index(cause, len);

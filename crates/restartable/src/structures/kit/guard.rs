@@ -94,7 +94,7 @@ impl<T> Guarded<T> {
     /// [`Refused::Busy`] at once when another thread holds it and this
     /// thread holds another guard; [`Refused::Fence`] when no fence can be
     /// made (the guard is released again).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hold<R>(&self, reach: Reach, f: impl FnOnce(&T) -> R) -> Result<R, Refused> {
         let _held = self.enter(reach)?;
         Ok(f(&self.data))
@@ -107,7 +107,7 @@ impl<T> Guarded<T> {
     /// # Errors
     /// [`Refused::Mine`] or [`Refused::Busy`], as for [`hold`](Self::hold);
     /// never [`Refused::Fence`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hold_waiting<R>(
         &self,
         reach: Reach,
@@ -124,7 +124,7 @@ impl<T> Guarded<T> {
 
     /// Steps 1 and 2 of the protocol; the guard is released when the
     /// returned value is dropped.
-    #[inline]
+    #[inline(always)]
     fn enter(&self, reach: Reach) -> Result<Release<'_>, Refused> {
         // Counted before the guard is taken: a signal handler that runs
         // from here on knows this thread holds (or is taking) a guard.
