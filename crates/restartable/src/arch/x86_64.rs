@@ -63,6 +63,7 @@ pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
 /// Adds one to a counter that only the calling thread writes (others read
 /// it), in one instruction: a signal handler of this thread cannot come
 /// between its load and its store, and no locked instruction is needed.
+#[cfg_attr(not(feature = "abort-stats"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn bump_own(counter: &core::sync::atomic::AtomicU64) {
     // SAFETY: `inc` on an aligned u64 that only this thread writes: to any

@@ -576,7 +576,7 @@ impl<T, F: Fn() -> T> PerCpu<T, F> {
             return self.settle(slot, index, me);
         }
         // Sections are fenced out: only holders' releases race us.
-        match slot.hold(self.reach(index), |slot| take_guarded(slot, me)) {
+        match slot.hold(self.reach(index), |slot| take_lock(slot, me)) {
             Ok(Lock::Taken) => Taken::Got(PerCpuGuard::new(slot, index)),
             Ok(Lock::Mine) | Err(Refused::Mine) => Taken::Mine,
             Ok(Lock::Busy) | Err(Refused::Busy) => Taken::Busy,
@@ -674,32 +674,10 @@ enum Lock {
     Busy,
 }
 
-/// Takes `slot`'s lock for `me` when it is free (or held by a thread that
-/// does not exist in this process: taken over, poisoned). The caller holds
-/// the slot's guard with sections fenced out, so nothing else can write the
-/// lock word but its holder's release, and a free word has no holder: a
-/// load and a store do, no atomic instruction.
-fn take_guarded<T>(slot: &Slot<T>, me: u64) -> Lock {
-    // Acquire: pairs with the previous holder's release store.
-    let seen = slot.lock.load(Ordering::Acquire);
-    if seen == 0 {
-        slot.lock.store(me, Ordering::Relaxed);
-        return Lock::Taken;
-    }
-    let orphan = guard::orphaned(seen);
-    if guard::is_mine(seen) {
-        return Lock::Mine;
-    }
-    if !orphan {
-        return Lock::Busy;
-    }
-    slot.lock.store(me, Ordering::Relaxed);
-    slot.poisoned.store(true, Ordering::Relaxed);
-    Lock::Taken
-}
-
-/// Compare-exchanges a spare's lock to `me` (taking it over, poisoned, from
-/// a thread that does not exist in this process): spares have no guard.
+/// Compare-exchanges `slot`'s lock to `me` (taking it over, poisoned, from
+/// a thread that does not exist in this process). A compare-exchange even
+/// under the guard: a taker that found no thread using rseq takes the lock
+/// word without the guard (see `take_indexed`).
 fn take_lock<T>(slot: &Slot<T>, me: u64) -> Lock {
     let seen = slot.lock.load(Ordering::Relaxed);
     if seen != 0 && guard::is_mine(seen) {
