@@ -23,21 +23,25 @@ fn threads_that_register_late_meet_fallback_threads_exactly() {
     let torn = AtomicU64::new(0);
     let started = AtomicBool::new(false);
     let (early, late, rounds) = (4u64, 4u64, if cfg!(miri) { 50 } else { 20_000 });
+    // One round of work: the pair under the lock, then a word.
+    let work = || {
+        {
+            let mut p = pairs.lock().unwrap();
+            if p.a != p.b {
+                torn.fetch_add(1, Ordering::Relaxed);
+            }
+            p.a += 1;
+            std::hint::spin_loop();
+            p.b += 1;
+        }
+        words.add(1);
+    };
     std::thread::scope(|s| {
         for _ in 0..early {
             s.spawn(|| {
                 restartable::opt_out_current_thread();
                 for i in 0..rounds {
-                    {
-                        let mut p = pairs.lock().unwrap();
-                        if p.a != p.b {
-                            torn.fetch_add(1, Ordering::Relaxed);
-                        }
-                        p.a += 1;
-                        std::hint::spin_loop();
-                        p.b += 1;
-                    }
-                    words.add(1);
+                    work();
                     if i == rounds / 10 {
                         started.store(true, Ordering::Release);
                     }
@@ -52,16 +56,7 @@ fn threads_that_register_late_meet_fallback_threads_exactly() {
                     std::thread::yield_now();
                 }
                 for _ in 0..rounds {
-                    {
-                        let mut p = pairs.lock().unwrap();
-                        if p.a != p.b {
-                            torn.fetch_add(1, Ordering::Relaxed);
-                        }
-                        p.a += 1;
-                        std::hint::spin_loop();
-                        p.b += 1;
-                    }
-                    words.add(1);
+                    work();
                 }
                 let reg = restartable::registration();
                 let required =

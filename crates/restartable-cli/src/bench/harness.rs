@@ -198,9 +198,16 @@ impl Plan {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let mut rows = Vec::new();
-        for &t in &self.threads {
+        for (round, &t) in self.threads.iter().enumerate() {
             for &v in variants {
                 progress.set_message(format!("{} x{t}", name(v)));
+                // A short unmeasured run first, on the first round: page
+                // faults, lazily made slots and objects, and an idle CPU's
+                // slow start fall there rather than into the first point.
+                if let (0, Budget::Time(d)) = (round, self.budget) {
+                    let warm = Budget::Time((d / 10).min(Duration::from_millis(100)));
+                    measure(v, t, warm)?;
+                }
                 let (m, exact) = measure(v, t, self.budget)?;
                 rows.push((v, t, m, exact));
                 progress.inc(1);

@@ -28,11 +28,7 @@ pub(crate) fn thread_pointer() -> Option<*const u8> {
     (!tp.is_null()).then_some(tp)
 }
 
-/// The addresses of glibc's `__rseq_offset`, `__rseq_size` and
-/// `__rseq_flags`, through weak references (null where nothing defines
-/// them: musl, glibc before 2.35). Weak, so the binary links everywhere;
-/// resolved by the static linker in a static binary and by the dynamic
-/// loader otherwise, so no `dlsym` is needed.
+/// glibc's rseq symbols, through weak references (see `arch`).
 #[inline]
 pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
     let (offset, size, flags): (*const u8, *const u8, *const u8);
@@ -58,9 +54,8 @@ pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
     [offset, size, flags]
 }
 
-/// Adds one to a counter that only the calling thread writes (others read
-/// it), so that a signal handler of this thread cannot come between its
-/// load and its store: an atomic add, uncontended.
+/// Adds one to a thread's own counter (see `arch`): an uncontended atomic
+/// add.
 #[cfg_attr(not(feature = "abort-stats"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn bump_own(counter: &core::sync::atomic::AtomicU64) {

@@ -1,7 +1,20 @@
-//! Architecture-specific code: the thread pointer, libc's rseq symbols and
-//! the critical sections written in assembly, with the fault injection
-//! and compare-twice checks compiled into them ([`inject`]). Adding an
-//! architecture means adding one file here.
+//! Architecture-specific code, one file per architecture, each with the
+//! same small vocabulary:
+//!
+//! - `HAS_SECTIONS`, and `thread_pointer()`: the base libc's
+//!   `__rseq_offset` is relative to;
+//! - `libc_rseq_symbols()`: the addresses of glibc's `__rseq_offset`,
+//!   `__rseq_size` and `__rseq_flags`, through weak references, null where
+//!   nothing defines them (musl, glibc before 2.35). Weak, so the binary
+//!   links everywhere; resolved by the static linker in a static binary
+//!   and by the dynamic loader otherwise, so no `dlsym` is needed;
+//! - `bump_own(counter)`: adds one to a counter only the calling thread
+//!   writes (others read it), so that a signal handler of the thread
+//!   cannot come between its load and its store;
+//! - the critical sections of the vocabulary in assembly, with the fault
+//!   injection and compare-twice checks compiled into them ([`inject`]).
+//!
+//! Adding an architecture means adding one file here.
 
 pub mod inject;
 

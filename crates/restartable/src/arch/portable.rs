@@ -19,9 +19,8 @@ pub(crate) fn libc_rseq_symbols() -> [*const u8; 3] {
     [core::ptr::null(); 3]
 }
 
-/// Adds one to a counter that only the calling thread writes (others read
-/// it), so that a signal handler of this thread cannot come between its
-/// load and its store: an atomic add, uncontended.
+/// Adds one to a thread's own counter (see `arch`): an uncontended atomic
+/// add.
 #[cfg_attr(not(feature = "abort-stats"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn bump_own(counter: &core::sync::atomic::AtomicU64) {
