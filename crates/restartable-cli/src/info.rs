@@ -98,11 +98,16 @@ pub fn run(json: bool) -> Result<(), String> {
         or_absent(info.libc_rseq_size),
         or_absent(info.libc_rseq_flags)
     );
-    println!(
-        "kernel offers       struct rseq of {} bytes (AT_RSEQ_FEATURE_SIZE), aligned to {} (AT_RSEQ_ALIGN)",
-        or_absent(info.kernel_feature_size),
-        or_absent(info.kernel_align)
-    );
+    match (info.kernel_feature_size, info.kernel_align) {
+        (Some(size), Some(align)) => println!(
+            "kernel offers       struct rseq of {size} bytes (AT_RSEQ_FEATURE_SIZE), aligned to {align} (AT_RSEQ_ALIGN)"
+        ),
+        (size, align) => println!(
+            "kernel offers       no AT_RSEQ_FEATURE_SIZE/AT_RSEQ_ALIGN in the auxiliary vector (size {}, align {}: before Linux 6.3, or a tool such as valgrind hides them), so the original 32-byte struct rseq",
+            or_absent(size),
+            or_absent(align)
+        ),
+    }
     println!(
         "area used           {}",
         match info.owner {

@@ -2,6 +2,7 @@
 //! per-CPU operations, and benchmarks against the alternatives.
 
 mod bench;
+mod cpus;
 mod info;
 mod parse;
 mod signals;

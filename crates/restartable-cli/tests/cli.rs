@@ -126,6 +126,27 @@ fn options_that_cannot_apply_are_refused() {
         &["stress", "list", "--skip-registration", "1", "--ops", "10"],
         "no fallback",
     );
+    fails(
+        &["stress", "counter", "--index", "mm-cid", "--ops", "10"],
+        "no index choice",
+    );
+    fails(
+        &["stress", "percpu", "--order", "release", "--ops", "10"],
+        "no commit order choice",
+    );
+    fails(
+        &[
+            "stress",
+            "percpu",
+            "--threads",
+            "2",
+            "--skip-registration",
+            "3",
+            "--ops",
+            "10",
+        ],
+        "exceeds the 2 worker threads",
+    );
     // One CPU in the affinity: pinning would test nothing.
     let mut cmd = restartable(&["stress", "counter", "--pin-workers", "--ops", "10"]);
     // SAFETY: between fork and exec the closure only calls
@@ -435,6 +456,28 @@ fn stress_without_a_mode_runs_every_mode_briefly() {
             .unwrap_or_else(|| panic!("no line for {mode}:\n{text}"));
         assert!(line.ends_with("exact"), "{line}\n{text}");
     }
+}
+
+/// A mode its watchdog gives up on is a timeout (exit status 3), not a
+/// failed check, also in the quick matrix.
+#[test]
+fn a_timeout_is_not_a_failure() {
+    let out = restartable(&[
+        "stress",
+        "--threads",
+        "2",
+        "--ops",
+        "1000000000",
+        "--timeout",
+        "1",
+    ])
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{text}\n{stderr}");
+    assert!(stderr.contains("stress timed out in: counter"), "{stderr}");
+    assert!(!text.contains("FAILED"), "{text}");
 }
 
 /// In structure modes, `sum` and `expected` are the structure's check, and

@@ -23,7 +23,8 @@ pub enum Variant {
     SharedAtomic,
     /// Per-CPU AtomicU64 slots, indexed by sched_getcpu(), fetch_add.
     SchedGetcpuAtomic,
-    /// Per-CPU AtomicU64 slots, indexed by the rseq CPU id, fetch_add.
+    /// Per-CPU AtomicU64 slots, indexed by `restartable::current_cpu()` (the
+    /// rseq `cpu_id`; its fallback where rseq is off), fetch_add.
     RseqCpuAtomic,
     /// A plain thread-local counter: the floor.
     ThreadLocal,
@@ -168,16 +169,10 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
     if args.json {
         report::print_json(&rows)?;
     } else {
-        let reg = restartable::registration();
         println!(
-            "restartable bench counter: {} online CPUs, rseq {} (registered by {})",
+            "restartable bench counter: {} online CPUs, {}",
             restartable::online_cpus(),
-            if reg.rseq_available() {
-                "in use"
-            } else {
-                "NOT in use: fallback path"
-            },
-            reg.owner.as_str()
+            report::rseq_state()
         );
         let table: Vec<TableRow> = rows
             .iter()
@@ -193,7 +188,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
             })
             .collect();
         print_table("x counter", &table);
-        println!("x counter: this variant's ns/op over counter's at the same thread count; above 1 means counter is faster.");
+        println!("x counter: counter's Mops/s over this variant's at the same thread count; above 1 means counter is faster.");
     }
     if rows.iter().all(|r| r.exact) {
         Ok(())

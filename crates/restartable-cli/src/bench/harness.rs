@@ -137,9 +137,12 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Result<Measur
         }
     })?;
     let ops: u64 = results.iter().map(|r| r.0).sum();
+    // From the first thread's start to the last one's end: the window
+    // ns/op is measured over too, without the wake-up before it.
+    let first = results.iter().map(|r| r.1).min().unwrap_or(started);
     let wall = results
         .iter()
-        .map(|r| r.2.saturating_duration_since(started))
+        .map(|r| r.2.saturating_duration_since(first))
         .max()
         .unwrap_or_default()
         .as_secs_f64();
@@ -166,11 +169,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `args.threads` (default 1, N and 4N, N = online CPUs), each run
+    /// `args.threads` (default 1, N and 4N, N = the CPUs this process may
+    /// run on), each run
     /// lasting `args.duration` seconds or `args.ops` operations per thread.
     pub fn new(args: &super::RunArgs) -> Plan {
         let threads = if args.threads.is_empty() {
-            let n = (restartable::online_cpus() as u32).min(MAX_THREADS / 4);
+            let n = (crate::cpus::usable() as u32).min(MAX_THREADS / 4);
             vec![1, n, 4 * n]
         } else {
             args.threads.clone()
@@ -209,8 +213,11 @@ impl Plan {
                 // A short unmeasured run first, on the first round: page
                 // faults, lazily made slots and objects, and an idle CPU's
                 // slow start fall there rather than into the first point.
-                if let (0, Budget::Time(d)) = (round, self.budget) {
-                    let warm = Budget::Time((d / 10).min(Duration::from_millis(100)));
+                if round == 0 {
+                    let warm = match self.budget {
+                        Budget::Time(d) => Budget::Time((d / 10).min(Duration::from_millis(100))),
+                        Budget::Ops(n) => Budget::Ops((n / 10).clamp(1, 100_000)),
+                    };
                     measure(v, t, warm)?;
                 }
                 let (m, exact) = measure(v, t, self.budget)?;

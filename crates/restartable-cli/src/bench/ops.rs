@@ -336,7 +336,11 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
     if args.json {
         report::print_json(&rows)?;
     } else {
-        println!("restartable bench ops: {} online CPUs; each row compared with the section of its group", restartable::online_cpus());
+        println!(
+            "restartable bench ops: {} online CPUs, {}; each row compared with the section of its group",
+            restartable::online_cpus(),
+            report::rseq_state()
+        );
         let table: Vec<TableRow> = rows
             .iter()
             .map(|r| {
@@ -351,7 +355,7 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
             })
             .collect();
         print_table("x section", &table);
-        println!("x section: this variant's ns/op over its section's at the same thread count; above 1 means the section is faster.");
+        println!("x section: its section's Mops/s over this variant's at the same thread count; above 1 means the section is faster.");
         println!("list, stack and mutex rows are one pop plus one push; memcpy rows copy a 32-byte record out and back.");
     }
     if rows.iter().all(|r| r.exact) {

@@ -3,6 +3,21 @@
 
 use super::harness::Measured;
 
+/// The path this process runs on, for a benchmark's header: "rseq in use
+/// (registered by libc)", or the fallback and its reason.
+pub fn rseq_state() -> String {
+    let reg = restartable::registration();
+    if reg.rseq_available() {
+        format!("rseq in use (registered by {})", reg.owner.as_str())
+    } else {
+        format!(
+            "rseq NOT in use: fallback path ({})",
+            reg.fallback
+                .map_or("no sections".to_owned(), |r| r.to_string())
+        )
+    }
+}
+
 /// Prints benchmark rows as one pretty JSON array (`--json`).
 pub fn print_json<R: serde::Serialize>(rows: &[R]) -> Result<(), String> {
     let text = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
@@ -10,13 +25,16 @@ pub fn print_json<R: serde::Serialize>(rows: &[R]) -> Result<(), String> {
     Ok(())
 }
 
-/// For each row, its ns/op over that of `baseline(variant)` at the same
-/// thread count (`None` when that row was not run).
+/// For each row, `baseline(variant)`'s throughput over its own at the same
+/// thread count: how many times the baseline's cost per operation this
+/// variant's is (`None` when that row was not run). Throughput, not ns per
+/// operation per thread: once threads outnumber CPUs a thread's time
+/// includes the time it waited for a CPU.
 pub fn ratios<V: Copy + PartialEq>(
     rows: &[(V, u32, Measured, bool)],
     baseline: impl Fn(V) -> V,
 ) -> Vec<Option<f64>> {
-    ratios_of(rows, baseline, |m| m.ns_per_op)
+    ratios_of(rows, baseline, |m| 1.0 / m.mops)
 }
 
 /// For each row, its `cost` over that of `baseline(variant)` at the same
@@ -31,7 +49,7 @@ pub fn ratios_of<V: Copy + PartialEq>(
             rows.iter()
                 .find(|r| r.1 == t && r.0 == baseline(v))
                 .map(|r| cost(&r.2))
-                .filter(|b| *b > 0.0)
+                .filter(|b| *b > 0.0 && b.is_finite())
                 .map(|b| cost(&m) / b)
                 .filter(|x| x.is_finite())
         })

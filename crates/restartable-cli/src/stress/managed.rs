@@ -91,8 +91,8 @@ impl Managed for Storage {
             ops,
             torn == 0,
             format!(
-                "sum {moved}, expected {ops}; {torn} torn updates; indexed by {:?}",
-                self.slots.index()
+                "sum {moved}, expected {ops}; {torn} torn updates; index {}",
+                super::IndexArg::from(self.slots.index()).name()
             ),
         ))
     }

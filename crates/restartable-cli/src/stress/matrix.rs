@@ -17,12 +17,13 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let rseq = restartable::registration().rseq_available() && restartable::HAS_CRITICAL_SECTIONS;
     let mut reports = Vec::new();
     let mut failed = Vec::new();
+    let mut timed_out = Vec::new();
     if !opts.json {
         println!(
             "restartable stress: every mode, {} ops per worker ({} threads){}",
             opts.ops.unwrap_or(QUICK_OPS),
             opts.threads
-                .map_or_else(|| "6 x online CPUs".to_owned(), |t| t.to_string()),
+                .map_or_else(|| "6 x usable CPUs".to_owned(), |t| t.to_string()),
             if rseq {
                 String::new()
             } else {
@@ -32,6 +33,9 @@ pub fn run(opts: &Options) -> Result<(), String> {
         println!(
             "{:<13} {:<8} {:>14} {:>9} {:>9} {:>8}  result",
             "mode", "path", "operations", "aborts", "fallback", "seconds"
+        );
+        println!(
+            "(operations: the workers'; aborts and fallback: the library's own sections and operations, each push, pop, lock or add)"
         );
     }
     for mode in Mode::ALL {
@@ -58,11 +62,16 @@ pub fn run(opts: &Options) -> Result<(), String> {
                     .to_owned(),
             ),
         };
+        // Exit status 3: the mode's watchdog gave up, which says nothing
+        // about exactness (`--timeout`).
+        let slow = out.status.code() == Some(TIMED_OUT);
         if !opts.json {
-            print_line(mode, report.as_ref(), problem.as_deref());
+            print_line(mode, report.as_ref(), problem.as_deref(), slow);
         }
-        if problem.is_some() {
-            failed.push(mode.name());
+        match (problem.is_some(), slow) {
+            (true, true) => timed_out.push(mode.name()),
+            (true, false) => failed.push(mode.name()),
+            _ => {}
         }
         reports.extend(report);
     }
@@ -70,11 +79,21 @@ pub fn run(opts: &Options) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?;
         println!("{text}");
     }
-    match failed.is_empty() {
-        true => Ok(()),
-        false => Err(format!("stress failed in: {}", failed.join(", "))),
+    if !failed.is_empty() {
+        return Err(format!("stress failed in: {}", failed.join(", ")));
     }
+    if !timed_out.is_empty() {
+        eprintln!(
+            "restartable: stress timed out in: {} (raise --timeout, 0 waits forever, or lower --ops/--threads)",
+            timed_out.join(", ")
+        );
+        std::process::exit(TIMED_OUT);
+    }
+    Ok(())
 }
+
+/// The exit status of a run its watchdog gave up on.
+const TIMED_OUT: i32 = 3;
 
 /// `stress MODE --json` with the options that apply to the mode.
 fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
@@ -108,17 +127,11 @@ fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
             .collect();
         cmd.arg("--inject").arg(points.join(","));
     }
-    if mode.raw_sections() || mode == Mode::Percpu {
-        cmd.arg("--index").arg(match opts.index {
-            super::IndexArg::Cpu => "cpu",
-            super::IndexArg::MmCid => "mm-cid",
-        });
+    if let (Some(index), true) = (opts.index, mode.raw_sections() || mode == Mode::Percpu) {
+        cmd.arg("--index").arg(index.name());
     }
-    if mode.raw_sections() {
-        cmd.arg("--order").arg(match opts.order {
-            super::OrderArg::Relaxed => "relaxed",
-            super::OrderArg::Release => "release",
-        });
+    if let (Some(order), true) = (opts.order, mode.raw_sections()) {
+        cmd.arg("--order").arg(order.name());
     }
     if mode.on_library() && opts.skip_registration > 0 {
         cmd.arg("--skip-registration")
@@ -131,11 +144,12 @@ fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
     cmd
 }
 
-fn print_line(mode: Mode, report: Option<&Report>, problem: Option<&str>) {
+fn print_line(mode: Mode, report: Option<&Report>, problem: Option<&str>, slow: bool) {
     let Some(r) = report else {
         println!(
-            "{:<13} FAILED: {}",
+            "{:<13} {}: {}",
             mode.name(),
+            if slow { "TIMED OUT" } else { "FAILED" },
             problem.unwrap_or("no report")
         );
         return;

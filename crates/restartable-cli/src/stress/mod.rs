@@ -134,6 +134,35 @@ pub enum OrderArg {
     Release,
 }
 
+impl IndexArg {
+    /// The option's value, as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexArg::Cpu => "cpu",
+            IndexArg::MmCid => "mm-cid",
+        }
+    }
+}
+
+impl From<restartable::section::Index> for IndexArg {
+    fn from(index: restartable::section::Index) -> Self {
+        match index {
+            restartable::section::Index::Cpu => IndexArg::Cpu,
+            restartable::section::Index::MmCid => IndexArg::MmCid,
+        }
+    }
+}
+
+impl OrderArg {
+    /// The option's value, as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderArg::Relaxed => "relaxed",
+            OrderArg::Release => "release",
+        }
+    }
+}
+
 /// Operations per worker when `--ops` is not given.
 const DEFAULT_OPS: u64 = 200_000;
 
@@ -168,12 +197,13 @@ pub struct Options {
     /// (points 0-3; needs a build with the `inject` feature).
     #[arg(long, value_delimiter = ',', value_parser = parse_inject)]
     pub inject: Vec<(usize, u64)>,
-    /// Which id indexes the per-CPU data (raw-section modes and percpu).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub index: IndexArg,
-    /// Memory order of the commits (raw-section modes).
-    #[arg(long, value_enum, default_value = "relaxed")]
-    pub order: OrderArg,
+    /// Which id indexes the per-CPU data (raw-section modes and percpu;
+    /// default cpu).
+    #[arg(long, value_enum)]
+    pub index: Option<IndexArg>,
+    /// Memory order of the commits (raw-section modes; default relaxed).
+    #[arg(long, value_enum)]
+    pub order: Option<OrderArg>,
     /// This many worker threads opt out of rseq and take the fallback path
     /// while the others run sections (the modes on library structures:
     /// counter, fetch-update, percpu, stack, pool, drain).
@@ -513,6 +543,18 @@ fn check_options(mode: Mode, opts: &Options) -> Result<(), String> {
                 .to_owned(),
         );
     }
+    if opts.index.is_some() && !(mode.raw_sections() || mode == Mode::Percpu) {
+        return Err(format!(
+            "mode {} has no index choice; --index works with percpu and the raw-section modes",
+            mode.name()
+        ));
+    }
+    if opts.order.is_some() && !mode.raw_sections() {
+        return Err(format!(
+            "mode {} has no commit order choice; --order works with the raw-section modes",
+            mode.name()
+        ));
+    }
     if opts.skip_registration > 0 && !mode.on_library() {
         return Err(format!(
             "mode {} drives raw critical sections and has no fallback; --skip-registration works with counter, fetch-update, percpu, stack, pool and drain",
@@ -543,7 +585,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
     check_options(mode, opts)?;
     let began = std::time::Instant::now();
-    let default_threads = 6 * restartable::online_cpus() as u64;
+    let default_threads = 6 * crate::cpus::usable() as u64;
     let threads = opts.threads.map_or(
         if mode == Mode::Churn {
             4000
@@ -552,16 +594,24 @@ fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
         },
         u64::from,
     );
+    if u64::from(opts.skip_registration) > threads {
+        return Err(format!(
+            "--skip-registration {} exceeds the {threads} worker threads (--threads)",
+            opts.skip_registration
+        ));
+    }
     let ops = opts.ops.unwrap_or(DEFAULT_OPS);
     watchdog::start(opts.timeout, threads * ops);
     // First use outside any signal handler: allocates the slots.
     COUNTER.add(0);
     WORDS.add(0);
-    let index = match opts.index {
+    let index_arg = opts.index.unwrap_or(IndexArg::Cpu);
+    let order_arg = opts.order.unwrap_or(OrderArg::Relaxed);
+    let index = match index_arg {
         IndexArg::Cpu => Index::Cpu,
         IndexArg::MmCid => Index::MmCid,
     };
-    let order = match opts.order {
+    let order = match order_arg {
         OrderArg::Relaxed => Order::Relaxed,
         OrderArg::Release => Order::Release,
     };
@@ -613,7 +663,7 @@ fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
             ))
         }
         Mode::Percpu | Mode::Stack | Mode::Pool | Mode::Drain => {
-            let by_mm_cid = opts.index == IndexArg::MmCid;
+            let by_mm_cid = index_arg == IndexArg::MmCid;
             let mut s =
                 managed(mode, threads, ops, by_mm_cid).ok_or("no structure for this mode")?;
             manager_rounds = Some(run_managed(threads, ops, opts, &paths, &*s)?);
@@ -686,8 +736,8 @@ fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
         mode: Some(mode),
         // Only the raw-section modes (and percpu) choose the index; only
         // the raw-section modes the commit order.
-        index: (mode.raw_sections() || mode == Mode::Percpu).then_some(opts.index),
-        order: mode.raw_sections().then_some(opts.order),
+        index: (mode.raw_sections() || mode == Mode::Percpu).then_some(index_arg),
+        order: mode.raw_sections().then_some(order_arg),
         threads,
         ops: if mode == Mode::Churn {
             threads
@@ -759,10 +809,18 @@ fn print_report(report: &Report, opts: &Options, ops: u64) {
     let Some(mode) = report.mode else { return };
     let work = match mode {
         Mode::Churn => format!("{} short-lived threads counting once", report.threads),
-        _ => format!("{} threads x {ops} ops", report.threads),
+        _ => format!(
+            "{} thread{} x {ops} ops",
+            report.threads,
+            if report.threads == 1 { "" } else { "s" }
+        ),
     };
     let flavour = if mode.raw_sections() {
-        format!(" ({:?}, {:?})", opts.index, opts.order)
+        format!(
+            " (index {}, order {})",
+            opts.index.unwrap_or(IndexArg::Cpu).name(),
+            opts.order.unwrap_or(OrderArg::Relaxed).name()
+        )
     } else {
         String::new()
     };
@@ -798,7 +856,7 @@ fn print_report(report: &Report, opts: &Options, ops: u64) {
                 .map(|(c, n)| format!("{c} {n}"))
                 .collect();
             println!(
-                "aborts {aborts}, fallback ops {} ({}), test structures' exhausted rounds {}",
+                "aborts {aborts}, library operations on the fallback path {} ({}; every push, pop, lock and add counts, the manager's and handler's too), test structures' exhausted rounds {}",
                 report.fallback_ops.unwrap_or(0),
                 if causes.is_empty() {
                     "none".to_owned()

@@ -115,16 +115,26 @@ pub fn status() -> Result<Method, FenceError> {
 /// Fences CPU `cpu`: when this returns, no critical section that started
 /// on it before the call can still commit.
 ///
-/// Errors only where neither membarrier nor `sched_setaffinity` may be
-/// used (a seccomp profile refusing both).
+/// A `cpu` at or above [`possible_cpus()`](crate::possible_cpus) runs
+/// nothing, so there is nothing to fence: `Ok(())` at once.
+///
+/// # Errors
+/// Only where neither membarrier nor `sched_setaffinity` may be used (a
+/// seccomp profile refusing both).
 pub fn fence_cpu(cpu: usize) -> Result<(), FenceError> {
+    let Ok(id) = i32::try_from(cpu) else {
+        return Ok(());
+    };
+    if cpu >= crate::possible_cpus() {
+        return Ok(());
+    }
     // On failure (EINVAL: the CPU is not online, so nothing runs there, or
     // the flag is unknown before Linux 5.10) migration settles it.
     if method() == Method::Membarrier
         && sys::membarrier(
             abi::MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
             MEMBARRIER_CMD_FLAG_CPU,
-            cpu as i32,
+            id,
         )
         .is_ok()
     {

@@ -30,8 +30,8 @@ type Word = Guarded<AtomicU64>;
 /// sections of that CPU before it touches the word. Each word has a guard:
 /// every section checks it first (with [`compare_store_guarded`]); the
 /// fallback path sets it, fences the CPU ([`fence_cpu`]) when other
-/// threads run sections, updates the word with a compare-exchange, and
-/// clears it. Both paths can run at once, in any mix of threads; without
+/// threads run sections, updates the word with a plain load and store
+/// (no other writer can reach it while the guard is set), and clears it. Both paths can run at once, in any mix of threads; without
 /// rseq threads in the process the fallback makes no system call.
 ///
 /// Safe in signal handlers (once the first use allocated the words), and
@@ -113,8 +113,9 @@ impl PerCpuU64 {
     ///
     /// While `f` runs the thread holds `cpu`'s guard, much as under a lock:
     /// keep `f` short. From inside `f` (or a signal handler), updating the
-    /// same word is allowed (`f` then runs again on the new value); updating
-    /// *other* words of a
+    /// same word is allowed (`f` then runs again on the new value, so an
+    /// `f` that updates the word on every call never finishes: make the
+    /// inner update conditional); updating *other* words of a
     /// `PerCpuU64` (including a current-CPU update from a thread that has
     /// since migrated) is like taking a second lock and can deadlock against
     /// a thread doing the reverse.

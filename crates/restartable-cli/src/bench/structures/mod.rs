@@ -291,7 +291,7 @@ pub fn run(
         if here == Path::Fallback {
             return Err(format!(
                 "--path both: rseq is not in use in this process ({}), so there is no rseq path to compare; use --path fallback",
-                rseq_state()
+                report::rseq_state()
             ));
         }
         rows.extend(fallback_rows(args, &variants)?);
@@ -422,24 +422,11 @@ fn fallback_rows(args: &RunArgs, variants: &[Variant]) -> Result<Vec<Row>, Strin
         .map_err(|e| format!("the fallback pass ({}) printed no rows: {e}", out.status))
 }
 
-fn rseq_state() -> String {
-    let reg = restartable::registration();
-    if reg.rseq_available() {
-        format!("rseq in use (registered by {})", reg.owner.as_str())
-    } else {
-        format!(
-            "rseq NOT in use: fallback path ({})",
-            reg.fallback
-                .map_or("no sections".to_owned(), |r| r.to_string())
-        )
-    }
-}
-
 fn print_text(rows: &[Row], groups: &[Group], variants: &[Variant]) {
     println!(
         "restartable bench structures: {} online CPUs, {}",
         restartable::online_cpus(),
-        rseq_state()
+        report::rseq_state()
     );
     let baselines: Vec<Variant> = variants.iter().copied().filter(|v| !v.ours()).collect();
     for &group in groups {
@@ -527,7 +514,7 @@ fn chart_note(plan: &Plan, path: Path) -> Vec<String> {
         format!(
             "Machine: {} online CPUs ({model}); {}; path {}; {budget}.",
             restartable::online_cpus(),
-            rseq_state(),
+            report::rseq_state(),
             path.as_str()
         ),
         "Higher is better. Thick solid lines: this library's structures (thin: on the fallback path); dashed lines: baselines measured in the same run. Each point: total operations per second of all threads.".to_owned(),
