@@ -27,7 +27,8 @@ pub fn run(opts: &Options) -> Result<(), String> {
             if rseq {
                 String::new()
             } else {
-                "; rseq is not in use here, so the raw-section modes are skipped".to_owned()
+                "; rseq is not in use in this process, so the raw-section modes are skipped"
+                    .to_owned()
             }
         );
         println!(
