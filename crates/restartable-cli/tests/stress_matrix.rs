@@ -35,6 +35,26 @@ const LIBRARY_MODES: &[&str] = &[
     "drain",
 ];
 
+/// The modes that drive raw critical sections (they take `--index` and
+/// `--order`; `percpu` takes `--index` only, the others neither).
+const RAW_MODES: &[&str] = &[
+    "increment",
+    "spinlock",
+    "list",
+    "buffer",
+    "memcpy",
+    "deref-add",
+];
+
+/// `--index index --order order`, as far as `mode` takes them.
+fn flavour(mode: &str, index: &'static str, order: &'static str) -> Vec<&'static str> {
+    match mode {
+        m if RAW_MODES.contains(&m) => vec!["--index", index, "--order", order],
+        "percpu" => vec!["--index", index],
+        _ => Vec::new(),
+    }
+}
+
 /// Whether the binary was built with delay loops (`inject`).
 fn has_inject() -> bool {
     let out = restartable(&[
@@ -134,12 +154,7 @@ fn every_mode_indexed_by_mm_cid_with_release_commits() {
         return;
     }
     for mode in MODES {
-        stress(
-            mode,
-            &["--index", "mm-cid", "--order", "release"],
-            &[],
-            DEFAULT,
-        );
+        stress(mode, &flavour(mode, "mm-cid", "release"), &[], DEFAULT);
     }
 }
 
@@ -202,7 +217,7 @@ fn injection_with_yields_signals_and_sleeps() {
         );
         stress(
             mode,
-            &[&all[..], &["--index", "cpu", "--order", "release"]].concat(),
+            &[&all[..], &flavour(mode, "cpu", "release")].concat(),
             &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
             "library",
         );

@@ -9,7 +9,7 @@
 //! itself at the deadline. (A main thread that sleeps, then raises a stop
 //! flag, wakes up seconds late among thousands of busy threads.)
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,8 @@ pub struct Measured {
 pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Result<Measured, String> {
     // 0 until the start; the threads wait on it, all woken at once.
     let gate = AtomicU32::new(0);
-    let waiting = AtomicUsize::new(0);
+    // How many threads are at the gate; each arrival wakes the main thread.
+    let waiting = AtomicU32::new(0);
     // Set once, before the gate opens: when timed runs end.
     let deadline = OnceLock::new();
     // Set when the run must end early (a thread could not be started).
@@ -73,6 +74,7 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Result<Measur
                 .stack_size(STACK)
                 .spawn_scoped(s, || {
                     waiting.fetch_add(1, Ordering::Release);
+                    atomic_wait::wake_one(&waiting);
                     while gate.load(Ordering::Acquire) == 0 {
                         atomic_wait::wait(&gate, 0);
                     }
@@ -117,8 +119,12 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Result<Measur
         }
         // Every thread is at the gate (or about to wait there) before the
         // clock starts; then one wake releases them all.
-        while waiting.load(Ordering::Acquire) < handles.len() {
-            std::thread::yield_now();
+        loop {
+            let arrived = waiting.load(Ordering::Acquire);
+            if arrived as usize >= handles.len() {
+                break;
+            }
+            atomic_wait::wait(&waiting, arrived);
         }
         let started = Instant::now();
         if let Budget::Time(d) = budget {
