@@ -297,8 +297,13 @@ if grep -q 'mm-cid' /tmp/help; then
     i=0
     for m in $modes; do
         i=$((i + 1))
-        case $m in counter|churn) continue ;; esac
-        stress "$m-mmcid-release" "$(pick $i 0)" "$m" --threads 4 --ops 20000 --index mm-cid --order release
+        # --index applies to percpu and the raw-section modes, --order to
+        # the raw-section modes only; the others refuse them.
+        case $m in
+            counter|churn|fetch-update|stack|pool|drain) continue ;;
+            percpu) stress "$m-mmcid" "$(pick $i 0)" "$m" --threads 4 --ops 20000 --index mm-cid ;;
+            *) stress "$m-mmcid-release" "$(pick $i 0)" "$m" --threads 4 --ops 20000 --index mm-cid --order release ;;
+        esac
     done
 fi
 # Delay loops at every injection point, with signals raised between
