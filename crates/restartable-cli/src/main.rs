@@ -4,6 +4,7 @@
 mod bench;
 mod cpus;
 mod info;
+mod output;
 mod parse;
 mod signals;
 mod stress;
@@ -51,6 +52,7 @@ fn negative_numbers_are_values(cmd: clap::Command) -> clap::Command {
 
 fn main() -> ExitCode {
     signals::default_sigpipe();
+    output::exit_cleanly_on_write_errors();
     let matches = negative_numbers_are_values(Cli::command()).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -458,6 +458,39 @@ fn stress_without_a_mode_runs_every_mode_briefly() {
     }
 }
 
+/// Output that cannot be written is an error message and exit status 1,
+/// not a panic.
+#[test]
+fn an_unwritable_stdout_is_a_clean_error() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        println!("[cli] no /dev/full here: skipped");
+        return;
+    };
+    let out = restartable(&["info", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write the output"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The quick matrix's JSON has an entry for every mode, with its status.
+#[test]
+fn the_quick_matrix_json_names_every_mode() {
+    let out = restartable(&["stress", "--json", "--threads", "2", "--ops", "100"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = entries.as_array().expect("an array");
+    assert_eq!(entries.len(), 13, "{entries:?}");
+    for e in entries {
+        assert!(e["status"] == "exact" || e["status"] == "skipped", "{e}");
+    }
+}
+
 /// A mode its watchdog gives up on is a timeout (exit status 3), not a
 /// failed check, also in the quick matrix.
 #[test]
@@ -478,6 +511,26 @@ fn a_timeout_is_not_a_failure() {
     assert_eq!(out.status.code(), Some(3), "{text}\n{stderr}");
     assert!(stderr.contains("stress timed out in: counter"), "{stderr}");
     assert!(!text.contains("FAILED"), "{text}");
+    // Refused before any mode runs, not reported as thirteen failures.
+    let out = restartable(&["stress", "--skip-registration", "10001", "--ops", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a clap range error");
+    let out = restartable(&[
+        "stress",
+        "--threads",
+        "2",
+        "--skip-registration",
+        "3",
+        "--ops",
+        "10",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exceeds the 2 worker threads"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing ran");
 }
 
 /// In structure modes, `sum` and `expected` are the structure's check, and

@@ -170,8 +170,8 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
         report::print_json(&rows)?;
     } else {
         println!(
-            "restartable bench counter: {} online CPUs, {}",
-            restartable::online_cpus(),
+            "restartable bench counter: {}, {}",
+            report::cpus(),
             report::rseq_state()
         );
         let table: Vec<TableRow> = rows

@@ -46,7 +46,8 @@ pub trait Workload: Sync {
 pub struct Measured {
     /// Operations completed by all threads.
     pub ops: u64,
-    /// Mean over threads of (thread's time / thread's operations), in ns.
+    /// The threads' time, summed, over their operations, summed, in ns:
+    /// with more threads than CPUs it includes the time they waited for one.
     pub ns_per_op: f64,
     /// All operations over the wall-clock time from the start to the last
     /// thread's end, in millions per second.
@@ -152,14 +153,16 @@ pub fn run<W: Workload>(work: &W, threads: u32, budget: Budget) -> Result<Measur
         .max()
         .unwrap_or_default()
         .as_secs_f64();
-    let per_thread: Vec<f64> = results
+    // The threads' time over their operations, summed before dividing: a
+    // thread that got one chunk done over the whole window (more threads
+    // than CPUs) would otherwise outweigh all the others.
+    let thread_ns: f64 = results
         .iter()
-        .filter(|r| r.0 > 0)
-        .map(|r| r.2.saturating_duration_since(r.1).as_nanos() as f64 / r.0 as f64)
-        .collect();
+        .map(|r| r.2.saturating_duration_since(r.1).as_nanos() as f64)
+        .sum();
     Ok(Measured {
         ops,
-        ns_per_op: per_thread.iter().sum::<f64>() / per_thread.len().max(1) as f64,
+        ns_per_op: if ops > 0 { thread_ns / ops as f64 } else { 0.0 },
         mops: if wall > 0.0 {
             ops as f64 / wall / 1e6
         } else {

@@ -29,7 +29,7 @@ pub enum What {
 #[derive(Args)]
 pub struct RunArgs {
     /// Thread counts to run, comma-separated, each 1 to 4096 [default:
-    /// 1,N,4N with N = online CPUs].
+    /// 1,N,4N with N = the CPUs this process may run on (its affinity)].
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| crate::parse::count(s, 1, MAX_THREADS.into()).map(|n| n as u32))]
     pub threads: Vec<u32>,
     /// Seconds per run, 0.001 to 3600 (conflicts with --ops).

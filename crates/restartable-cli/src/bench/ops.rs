@@ -337,8 +337,8 @@ pub fn run(args: &RunArgs, variants: Vec<Variant>) -> Result<(), String> {
         report::print_json(&rows)?;
     } else {
         println!(
-            "restartable bench ops: {} online CPUs, {}; each row compared with the section of its group",
-            restartable::online_cpus(),
+            "restartable bench ops: {}, {}; each row compared with the section of its group",
+            report::cpus(),
             report::rseq_state()
         );
         let table: Vec<TableRow> = rows

@@ -3,18 +3,29 @@
 
 use super::harness::Measured;
 
-/// The path this process runs on, for a benchmark's header: "rseq in use
-/// (registered by libc)", or the fallback and its reason.
+/// The path this process runs on, for a benchmark's header: "rseq in use,
+/// registered by libc", or the fallback and its reason.
 pub fn rseq_state() -> String {
     let reg = restartable::registration();
     if reg.rseq_available() {
-        format!("rseq in use (registered by {})", reg.owner.as_str())
+        format!("rseq in use, registered by {}", reg.owner.as_str())
     } else {
         format!(
-            "rseq NOT in use: fallback path ({})",
+            "rseq NOT in use, fallback path: {}",
             reg.fallback
                 .map_or("no sections".to_owned(), |r| r.to_string())
         )
+    }
+}
+
+/// The CPUs, for a benchmark's header: "2 online CPUs", and how many this
+/// process may use where its affinity allows fewer.
+pub fn cpus() -> String {
+    let (online, usable) = (restartable::online_cpus(), crate::cpus::usable());
+    if usable < online {
+        format!("{online} online CPUs, {usable} usable here")
+    } else {
+        format!("{online} online CPUs")
     }
 }
 

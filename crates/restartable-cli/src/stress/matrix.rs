@@ -15,6 +15,16 @@ const QUICK_CHURN: u32 = 500;
 pub fn run(opts: &Options) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let rseq = restartable::registration().rseq_available() && restartable::HAS_CRITICAL_SECTIONS;
+    // What would fail in every mode is refused before any runs.
+    let workers = opts
+        .threads
+        .map_or(6 * crate::cpus::usable() as u64, u64::from);
+    if u64::from(opts.skip_registration) > workers {
+        return Err(format!(
+            "--skip-registration {} exceeds the {workers} worker threads (--threads)",
+            opts.skip_registration
+        ));
+    }
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     let mut timed_out = Vec::new();
@@ -41,12 +51,13 @@ pub fn run(opts: &Options) -> Result<(), String> {
     }
     for mode in Mode::ALL {
         if mode.raw_sections() && !rseq {
+            let why = "drives raw critical sections, which need rseq";
             if !opts.json {
-                println!(
-                    "{:<13} skipped: drives raw critical sections, which need rseq",
-                    mode.name()
-                );
+                println!("{:<13} skipped: {why}", mode.name());
             }
+            reports.push(serde_json::json!({
+                "mode": mode.name(), "status": "skipped", "message": why,
+            }));
             continue;
         }
         let out = command(&exe, mode, opts)
@@ -69,12 +80,28 @@ pub fn run(opts: &Options) -> Result<(), String> {
         if !opts.json {
             print_line(mode, report.as_ref(), problem.as_deref(), slow);
         }
-        match (problem.is_some(), slow) {
-            (true, true) => timed_out.push(mode.name()),
-            (true, false) => failed.push(mode.name()),
-            _ => {}
+        let status = match (problem.is_some(), slow) {
+            (true, true) => {
+                timed_out.push(mode.name());
+                "timed_out"
+            }
+            (true, false) => {
+                failed.push(mode.name());
+                "failed"
+            }
+            _ => "exact",
+        };
+        // Every mode gets an entry: its report with a status, or the status
+        // and the message when it printed no report.
+        let mut entry = report
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({ "mode": mode.name() }));
+        entry["status"] = status.into();
+        if let Some(p) = problem {
+            entry["message"] = p.into();
         }
-        reports.extend(report);
+        reports.push(entry);
     }
     if opts.json {
         let text = serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?;

@@ -172,7 +172,8 @@ const DEFAULT_OPS: u64 = 200_000;
 pub struct Options {
     /// What to stress [default: every mode briefly, one line each].
     pub mode: Option<Mode>,
-    /// Worker threads, 1 to 10000 [default: 6 x online CPUs; churn: 4000
+    /// Worker threads, 1 to 10000 [default: 6 x the CPUs this process may
+    /// run on (its affinity); churn: 4000
     /// threads in all, 64 alive at a time].
     #[arg(long, value_parser = |s: &str| crate::parse::count(s, 1, 10_000).map(|n| n as u32))]
     pub threads: Option<u32>,

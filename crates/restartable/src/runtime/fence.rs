@@ -140,7 +140,7 @@ pub fn fence_cpu(cpu: usize) -> Result<(), FenceError> {
     {
         return Ok(());
     }
-    migrate_through(&[cpu])
+    migrate_through([cpu])
 }
 
 /// Fences every CPU.
@@ -151,21 +151,21 @@ pub fn fence_all() -> Result<(), FenceError> {
         return Ok(());
     }
     // Every possible CPU, not only the caller's: affinity is per thread, and
-    // other threads may run where this one may not.
-    let cpus: Vec<usize> = (0..crate::possible_cpus().min(sys::CPU_SETSIZE)).collect();
-    migrate_through(&cpus)
+    // other threads may run where this one may not. A range, not a list:
+    // no allocation (PerCpu::try_lock fences this way in signal handlers).
+    migrate_through(0..crate::possible_cpus().min(sys::CPU_SETSIZE))
 }
 
 /// Runs the calling thread on each CPU of `cpus` in turn, then restores its
 /// affinity. A CPU the kernel will not run it on (`EINVAL`: offline, or
 /// outside the process's cpuset) runs no thread of the process either, so
 /// it counts as fenced; any other refusal is an error.
-fn migrate_through(cpus: &[usize]) -> Result<(), FenceError> {
+fn migrate_through(cpus: impl IntoIterator<Item = usize>) -> Result<(), FenceError> {
     let Some(original) = sys::affinity() else {
         return Err(FenceError::Unavailable(libc::ENOSYS));
     };
     let mut result = Ok(());
-    for &cpu in cpus {
+    for cpu in cpus {
         let Some(only) = sys::single_cpu(cpu) else {
             continue;
         };

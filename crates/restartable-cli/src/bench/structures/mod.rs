@@ -282,6 +282,12 @@ pub fn run(
         variants
     };
     variants.sort_unstable();
+    if path != Path::Rseq && !variants.iter().any(|v| v.ours()) {
+        return Err(format!(
+            "--path {}: the path is the library's structures', and --variants names only baselines",
+            path.as_str()
+        ));
+    }
     let here = actual_path();
     if path == Path::Fallback && here != Path::Fallback {
         return Err("--path fallback: the library did not take its fallback path".to_owned());
@@ -424,8 +430,8 @@ fn fallback_rows(args: &RunArgs, variants: &[Variant]) -> Result<Vec<Row>, Strin
 
 fn print_text(rows: &[Row], groups: &[Group], variants: &[Variant]) {
     println!(
-        "restartable bench structures: {} online CPUs, {}",
-        restartable::online_cpus(),
+        "restartable bench structures: {}, {}",
+        report::cpus(),
         report::rseq_state()
     );
     let baselines: Vec<Variant> = variants.iter().copied().filter(|v| !v.ours()).collect();
@@ -512,8 +518,8 @@ fn chart_note(plan: &Plan, path: Path) -> Vec<String> {
     };
     vec![
         format!(
-            "Machine: {} online CPUs ({model}); {}; path {}; {budget}.",
-            restartable::online_cpus(),
+            "Machine: {} ({model}); {}; path {}; {budget}.",
+            report::cpus(),
             report::rseq_state(),
             path.as_str()
         ),
