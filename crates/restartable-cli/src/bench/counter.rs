@@ -57,9 +57,8 @@ struct Row {
     ns_per_op: f64,
     mops: f64,
     exact: bool,
-    /// ns_per_op of this variant over ns_per_op of `counter` at the same
-    /// thread count: how many times slower than Counter (null without a
-    /// counter row).
+    /// `counter`'s Mops/s over this variant's at the same thread count:
+    /// how many times slower than Counter (null without a counter row).
     vs_counter: Option<f64>,
 }
 

@@ -87,8 +87,8 @@ struct Row {
     exact: bool,
     /// The section this variant is compared with.
     section: Variant,
-    /// ns_per_op of this variant over that of its section at the same
-    /// thread count (above 1: the section is faster).
+    /// Its section's Mops/s over this variant's at the same thread count
+    /// (above 1: the section is faster).
     vs_section: Option<f64>,
 }
 
