@@ -38,10 +38,17 @@ pub enum Variant {
     SectionMemcpy,
     /// One `Mutex<Vec<Record>>`, 32-byte records popped and pushed back.
     MutexCopy,
+    /// Per-CPU spinlock: lock with `compare_store`, increment, unlock with
+    /// a release store (the shape of the reference C library's spinlock
+    /// benchmark loop).
+    SectionSpinlock,
+    /// Per-CPU pointer buffers: pop with `compare2_store`, push back with
+    /// `store_then_store` (the shape of its pointer-buffer loop).
+    SectionBuffer,
 }
 
 impl Variant {
-    const ALL: [Variant; 9] = [
+    const ALL: [Variant; 11] = [
         Variant::SectionAdd,
         Variant::PercpuFetchAdd,
         Variant::SectionCompareStore,
@@ -51,6 +58,8 @@ impl Variant {
         Variant::MutexVec,
         Variant::SectionMemcpy,
         Variant::MutexCopy,
+        Variant::SectionSpinlock,
+        Variant::SectionBuffer,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +73,8 @@ impl Variant {
             Variant::MutexVec => "mutex_vec",
             Variant::SectionMemcpy => "section_memcpy",
             Variant::MutexCopy => "mutex_copy",
+            Variant::SectionSpinlock => "section_spinlock",
+            Variant::SectionBuffer => "section_buffer",
         }
     }
 
@@ -74,6 +85,9 @@ impl Variant {
             Variant::SectionCompareStore | Variant::PercpuCas => Variant::SectionCompareStore,
             Variant::SectionList | Variant::TaggedStack | Variant::MutexVec => Variant::SectionList,
             Variant::SectionMemcpy | Variant::MutexCopy => Variant::SectionMemcpy,
+            // Rows of their own, for comparison with the C library's loops.
+            Variant::SectionSpinlock => Variant::SectionSpinlock,
+            Variant::SectionBuffer => Variant::SectionBuffer,
         }
     }
 }
@@ -299,6 +313,16 @@ fn measure(variant: Variant, threads: u32, budget: Budget) -> Result<(Measured, 
             let m = harness::run(&w, threads, budget)?;
             let v = w.0.into_inner().unwrap_or_default();
             Ok((m, v.len() == items && v.iter().all(Record::valid)))
+        }
+        Variant::SectionSpinlock => {
+            let w = Sections(sections::Spinlock::new());
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.verify(m.ops).exact))
+        }
+        Variant::SectionBuffer => {
+            let w = Sections(sections::Buffer::new(items));
+            let m = harness::run(&w, threads, budget)?;
+            Ok((m, w.0.verify(m.ops).exact))
         }
     }
 }
