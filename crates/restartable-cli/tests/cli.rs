@@ -438,18 +438,8 @@ fn stress_without_a_mode_runs_every_mode_briefly() {
         "drain",
     ]
     .into_iter()
-    .chain(
-        [
-            "increment",
-            "spinlock",
-            "list",
-            "buffer",
-            "memcpy",
-            "deref-add",
-        ]
-        .into_iter()
-        .filter(|_| rseq),
-    ) {
+    .chain(RAW_MODES.iter().copied().filter(|_| rseq))
+    {
         let line = text
             .lines()
             .find(|l| l.split_whitespace().next() == Some(mode))

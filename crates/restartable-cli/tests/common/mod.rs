@@ -10,6 +10,17 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_restartable");
 
+/// The stress modes that drive raw critical sections: they need rseq, and
+/// take `--index` and `--order`.
+pub const RAW_MODES: &[&str] = &[
+    "increment",
+    "spinlock",
+    "list",
+    "buffer",
+    "memcpy",
+    "deref-add",
+];
+
 /// True when the suite must see the rseq path (set by scripts/test.sh on
 /// machines known to support it).
 pub fn require_rseq() -> bool {
