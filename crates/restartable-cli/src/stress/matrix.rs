@@ -16,15 +16,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let rseq = restartable::registration().rseq_available() && restartable::HAS_CRITICAL_SECTIONS;
     // What would fail in every mode is refused before any runs.
-    let workers = opts
-        .threads
-        .map_or(6 * crate::cpus::usable() as u64, u64::from);
-    if u64::from(opts.skip_registration) > workers {
-        return Err(format!(
-            "--skip-registration {} exceeds the {workers} worker threads (--threads)",
-            opts.skip_registration
-        ));
-    }
+    opts.check_skip_registration(opts.workers(Mode::Counter))?;
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     let mut timed_out = Vec::new();
@@ -76,7 +68,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         };
         // Exit status 3: the mode's watchdog gave up, which says nothing
         // about exactness (`--timeout`).
-        let slow = out.status.code() == Some(TIMED_OUT);
+        let slow = out.status.code() == Some(super::watchdog::TIMED_OUT);
         if !opts.json {
             print_line(mode, report.as_ref(), problem.as_deref(), slow);
         }
@@ -115,13 +107,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
             "restartable: stress timed out in: {} (raise --timeout, 0 waits forever, or lower --ops/--threads)",
             timed_out.join(", ")
         );
-        std::process::exit(TIMED_OUT);
+        std::process::exit(super::watchdog::TIMED_OUT);
     }
     Ok(())
 }
-
-/// The exit status of a run its watchdog gave up on.
-const TIMED_OUT: i32 = 3;
 
 /// `stress MODE --json` with the options that apply to the mode.
 fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
@@ -155,7 +144,7 @@ fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
             .collect();
         cmd.arg("--inject").arg(points.join(","));
     }
-    if let (Some(index), true) = (opts.index, mode.raw_sections() || mode == Mode::Percpu) {
+    if let (Some(index), true) = (opts.index, mode.takes_index()) {
         cmd.arg("--index").arg(index.name());
     }
     if let (Some(order), true) = (opts.order, mode.raw_sections()) {

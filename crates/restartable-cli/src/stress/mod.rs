@@ -82,6 +82,11 @@ impl Mode {
         !self.on_library() && self != Mode::Churn
     }
 
+    /// Whether `--index` applies: the raw-section modes and percpu.
+    fn takes_index(self) -> bool {
+        self.raw_sections() || self == Mode::Percpu
+    }
+
     /// The name on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -132,6 +137,39 @@ pub enum IndexArg {
 pub enum OrderArg {
     Relaxed,
     Release,
+}
+
+impl Options {
+    /// `--index`, or its default.
+    fn index(&self) -> IndexArg {
+        self.index.unwrap_or(IndexArg::Cpu)
+    }
+
+    /// `--order`, or its default.
+    fn order(&self) -> OrderArg {
+        self.order.unwrap_or(OrderArg::Relaxed)
+    }
+
+    /// Worker threads of `mode`: `--threads`, or 6 per usable CPU (churn:
+    /// 4000 in all).
+    fn workers(&self, mode: Mode) -> u64 {
+        let default = match mode {
+            Mode::Churn => 4000,
+            _ => 6 * crate::cpus::usable() as u64,
+        };
+        self.threads.map_or(default, u64::from)
+    }
+
+    /// `--skip-registration` names at most every worker.
+    fn check_skip_registration(&self, workers: u64) -> Result<(), String> {
+        if u64::from(self.skip_registration) > workers {
+            return Err(format!(
+                "--skip-registration {} exceeds the {workers} worker threads (--threads)",
+                self.skip_registration
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl IndexArg {
@@ -544,7 +582,7 @@ fn check_options(mode: Mode, opts: &Options) -> Result<(), String> {
                 .to_owned(),
         );
     }
-    if opts.index.is_some() && !(mode.raw_sections() || mode == Mode::Percpu) {
+    if opts.index.is_some() && !mode.takes_index() {
         return Err(format!(
             "mode {} has no index choice; --index works with percpu and the raw-section modes",
             mode.name()
@@ -586,28 +624,14 @@ pub fn run(opts: Options) -> Result<(), String> {
 fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
     check_options(mode, opts)?;
     let began = std::time::Instant::now();
-    let default_threads = 6 * crate::cpus::usable() as u64;
-    let threads = opts.threads.map_or(
-        if mode == Mode::Churn {
-            4000
-        } else {
-            default_threads
-        },
-        u64::from,
-    );
-    if u64::from(opts.skip_registration) > threads {
-        return Err(format!(
-            "--skip-registration {} exceeds the {threads} worker threads (--threads)",
-            opts.skip_registration
-        ));
-    }
+    let threads = opts.workers(mode);
+    opts.check_skip_registration(threads)?;
     let ops = opts.ops.unwrap_or(DEFAULT_OPS);
     watchdog::start(opts.timeout, threads * ops);
     // First use outside any signal handler: allocates the slots.
     COUNTER.add(0);
     WORDS.add(0);
-    let index_arg = opts.index.unwrap_or(IndexArg::Cpu);
-    let order_arg = opts.order.unwrap_or(OrderArg::Relaxed);
+    let (index_arg, order_arg) = (opts.index(), opts.order());
     let index = match index_arg {
         IndexArg::Cpu => Index::Cpu,
         IndexArg::MmCid => Index::MmCid,
@@ -737,7 +761,7 @@ fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
         mode: Some(mode),
         // Only the raw-section modes (and percpu) choose the index; only
         // the raw-section modes the commit order.
-        index: (mode.raw_sections() || mode == Mode::Percpu).then_some(index_arg),
+        index: mode.takes_index().then_some(index_arg),
         order: mode.raw_sections().then_some(order_arg),
         threads,
         ops: if mode == Mode::Churn {
@@ -819,8 +843,8 @@ fn print_report(report: &Report, opts: &Options, ops: u64) {
     let flavour = if mode.raw_sections() {
         format!(
             " (index {}, order {})",
-            opts.index.unwrap_or(IndexArg::Cpu).name(),
-            opts.order.unwrap_or(OrderArg::Relaxed).name()
+            opts.index().name(),
+            opts.order().name()
         )
     } else {
         String::new()

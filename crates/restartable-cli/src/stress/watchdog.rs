@@ -38,6 +38,9 @@ impl Drop for Progress {
     }
 }
 
+/// The exit status of a run the watchdog gave up on.
+pub const TIMED_OUT: i32 = 3;
+
 /// Starts the watchdog for a run of `total` worker operations; `secs == 0`
 /// waits forever.
 pub fn start(secs: u64, total: u64) {
@@ -66,7 +69,7 @@ pub fn start(secs: u64, total: u64) {
                     "restartable: stress run not finished after {secs} s, though still progressing ({done} of {total} operations done): raise --timeout (0 waits forever) or lower --ops/--threads; giving up"
                 );
             }
-            std::process::exit(3);
+            std::process::exit(TIMED_OUT);
         }
     });
 }

@@ -31,8 +31,9 @@ type Word = Guarded<AtomicU64>;
 /// every section checks it first (with [`compare_store_guarded`]); the
 /// fallback path sets it, fences the CPU ([`fence_cpu`]) when other
 /// threads run sections, updates the word with a plain load and store
-/// (no other writer can reach it while the guard is set), and clears it. Both paths can run at once, in any mix of threads; without
-/// rseq threads in the process the fallback makes no system call.
+/// (no other writer can reach it while the guard is set), and clears it.
+/// Both paths can run at once, in any mix of threads; without rseq threads
+/// in the process the fallback makes no system call.
 ///
 /// Safe in signal handlers (once the first use allocated the words), and
 /// no handler ever waits for a guard while its thread holds one: a handler
