@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, clippy, the aarch64 library
-# build, the workspace tests twice (plain sections, then the compare-twice
-# and fault-injection build; both insist that the rseq path really runs
-# here), a statically linked glibc build and a musl build with their tests
-# (scripts/environments.sh), the library's unit tests under Miri, and the
-# aarch64 sections on a real arm64 kernel under qemu-system-aarch64.
+# Runs every test of the project: formatting, clippy, the aarch64 and
+# riscv64 library builds, the workspace tests twice (plain sections, then
+# the compare-twice and fault-injection build; both insist that the rseq
+# path really runs here), a statically linked glibc build and a musl build
+# with their tests (scripts/environments.sh), the library's unit tests
+# under Miri, and the aarch64 and riscv64 sections on real arm64 and
+# riscv64 kernels under qemu-system-aarch64 and qemu-system-riscv64.
 # Installs missing prerequisites first (scripts/lib/packages.sh: never
 # removes or changes an installed package). Prints each step's time and a
 # summary. This is THE test command; .ci/run calls it.
@@ -48,7 +49,7 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 if ((${#missing[@]})); then
     pkg_install "${missing[@]}"
 fi
-for target in aarch64-unknown-linux-gnu x86_64-unknown-linux-musl; do
+for target in aarch64-unknown-linux-gnu riscv64gc-unknown-linux-gnu x86_64-unknown-linux-musl; do
     if ! grep -qx "$target" <<<"$(rustup target list --toolchain stable --installed)"; then
         rustup target add "$target" --toolchain stable
     fi
@@ -74,6 +75,10 @@ ok
 
 step "aarch64 build (restartable)"
 cargo build --target aarch64-unknown-linux-gnu -p restartable
+ok
+
+step "riscv64 build (restartable)"
+cargo build --target riscv64gc-unknown-linux-gnu -p restartable
 ok
 
 # RESTARTABLE_REQUIRE_RSEQ=1: on this machine kind the rseq path must run;
@@ -102,6 +107,10 @@ ok
 
 step "aarch64 sections under qemu-system-aarch64 (scripts/aarch64-vm.sh)"
 scripts/aarch64-vm.sh
+ok
+
+step "riscv64 sections under qemu-system-riscv64 (scripts/riscv64-vm.sh)"
+scripts/riscv64-vm.sh
 ok
 
 summary

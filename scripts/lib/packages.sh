@@ -21,7 +21,11 @@
 #      version, together with the not yet installed packages of the same
 #      version it depends on (qemu-system-common, qemu-system-data): the
 #      plain candidates would replace the installed package by the stable
-#      one, or remove it.
+#      one, or remove it. A not yet installed dependency of such a package
+#      whose versioned constraint the plain candidate does not meet
+#      (qemu-system-riscv 1:10.0.2...~bpo12+1 needs opensbi >> 1.5.1-1~,
+#      bookworm has 1.1-2) is asked for at the newest version that meets
+#      it (opensbi 1.5.1-1~bpo12+2), and so on for its own dependencies.
 #   4. Every plan is simulated first (apt-get -s). A plan that would remove,
 #      purge or change the version of any installed package is refused, with
 #      the packages at stake named; the next plan (the plain candidates) is
@@ -89,13 +93,24 @@ _pkg_setup() {
     _pkg_bpo_suite=$bpo_suite
 }
 
+# "name op version" (op empty when unversioned) for every dependency of
+# package version "$1" that has no alternatives, one per line.
+_pkg_depends() {
+    apt-cache "${_pkg_opts[@]}" show --no-all-versions "$1" 2>/dev/null |
+        sed -n 's/^\(Pre-\)\{0,1\}Depends: //p' | tr ',' '\n' | grep -v '|' |
+        sed -E 's/:any//; s/^[[:space:]]*([^[:space:](]+)[[:space:]]*(\(([<>=]+)[[:space:]]*([^)[:space:]]+)\))?.*/\1 \3 \4/' |
+        sort -u
+}
+
 # Sets _pkg_pinned to "name=version" requests for the packages in "$@" (and
-# their not yet installed same-version dependencies) that the archive offers
-# at the version of an installed backports package; empty when none is.
+# their not yet installed same-version dependencies, and those whose
+# versioned constraint the plain candidate does not meet) that the archive
+# offers at the version of an installed backports package; empty when none
+# is.
 _pkg_backports_plan() {
     _pkg_pinned=()
-    local -A bpo_versions=() wanted=()
-    local v p ver dep queue=() order=() changed=0
+    local -A bpo_versions=() wanted=() forced=()
+    local v p ver dep op dver cand queue=() order=() changed=0
     while read -r v; do bpo_versions[$v]=1; done < <(dpkg-query -W -f='${Version}\n' | grep '~bpo' | sort -u)
     ((${#bpo_versions[@]})) || return 0
     queue=("$@")
@@ -105,10 +120,12 @@ _pkg_backports_plan() {
         queue=("${queue[@]:1}")
         [[ -n ${seen[$p]:-} ]] && continue
         seen[$p]=1
-        ver=""
-        while read -r v; do
-            if [[ -n ${bpo_versions[$v]:-} ]]; then ver=$v; break; fi
-        done < <(apt-cache "${_pkg_opts[@]}" madison "$p" 2>/dev/null | awk -F' [|] ' '{print $2}')
+        ver=${forced[$p]:-}
+        if [[ -z $ver ]]; then
+            while read -r v; do
+                if [[ -n ${bpo_versions[$v]:-} ]]; then ver=$v; break; fi
+            done < <(apt-cache "${_pkg_opts[@]}" madison "$p" 2>/dev/null | awk -F' [|] ' '{print $2}')
+        fi
         order+=("$p")
         if [[ -z $ver ]]; then
             wanted[$p]=""
@@ -126,6 +143,23 @@ _pkg_backports_plan() {
         done < <(apt-cache "${_pkg_opts[@]}" show --no-all-versions "$p=$ver" 2>/dev/null |
             sed -n 's/^\(Pre-\)\{0,1\}Depends: //p' | tr ',|' '\n\n' |
             sed 's/([^)]*)//g; s/:any//; s/[[:space:]]//g' | sort -u)
+        # Its missing dependencies whose constraint the plain candidate
+        # does not meet: the newest version that does.
+        while read -r dep op dver; do
+            [[ -n $dep && -n $op && -z ${seen[$dep]:-} && -z ${forced[$dep]:-} ]] || continue
+            [[ -n $(pkg_missing "$dep") ]] || continue
+            cand=$(apt-cache "${_pkg_opts[@]}" policy "$dep" 2>/dev/null | awk '$1 == "Candidate:" && !n++ {print $2}')
+            if [[ -n $cand && $cand != "(none)" ]] && dpkg --compare-versions "$cand" "$op" "$dver"; then
+                continue
+            fi
+            while read -r v; do
+                if dpkg --compare-versions "$v" "$op" "$dver"; then
+                    forced[$dep]=$v
+                    queue+=("$dep")
+                    break
+                fi
+            done < <(apt-cache "${_pkg_opts[@]}" madison "$dep" 2>/dev/null | awk -F' [|] ' '{print $2}' | sort -u | sort -rV)
+        done < <(_pkg_depends "$p=$ver")
     done
     ((changed)) || return 0
     for p in "${order[@]}"; do

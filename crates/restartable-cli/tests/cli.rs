@@ -439,6 +439,7 @@ fn stress_without_a_mode_runs_every_mode_briefly() {
     ]
     .into_iter()
     .chain(RAW_MODES.iter().copied().filter(|_| rseq))
+    .chain(GENERATED_MODES.iter().copied().filter(|_| rseq))
     {
         let line = text
             .lines()

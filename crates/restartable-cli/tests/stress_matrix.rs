@@ -10,11 +10,13 @@ mod common;
 
 use common::*;
 
-/// Every mode the matrix runs: the raw-section modes, then those on
-/// library structures (`fetch-update` and `churn` have cases of their own).
+/// Every mode the matrix runs: the raw-section modes, the generated
+/// sections' modes, then those on library structures (`fetch-update` and
+/// `churn` have cases of their own).
 fn modes() -> impl Iterator<Item = &'static str> {
     RAW_MODES
         .iter()
+        .chain(GENERATED_MODES)
         .copied()
         .chain(["counter", "percpu", "stack", "pool", "drain"])
 }
@@ -138,7 +140,8 @@ fn every_mode_indexed_by_mm_cid_with_release_commits() {
         println!("[matrix] kernel without mm_cid: skipped");
         return;
     }
-    for mode in modes() {
+    // The generated sections' modes are indexed by CPU only.
+    for mode in modes().filter(|m| !GENERATED_MODES.contains(m)) {
         stress(mode, &flavour(mode, "mm-cid", "release"), &[], DEFAULT);
     }
 }
@@ -165,9 +168,16 @@ fn each_injection_point_alone() {
             "drain",
             "percpu",
             "fetch-update",
-        ] {
+        ]
+        .iter()
+        .chain(GENERATED_MODES)
+        {
             stress(mode, &["--inject", &inject], &[], DEFAULT);
         }
+    }
+    // Point 4: every other boundary of a generated section.
+    for mode in GENERATED_MODES {
+        stress(mode, &["--inject", "4=60"], &[], DEFAULT);
     }
 }
 

@@ -75,6 +75,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Generated sections name this crate as `::restartable`, here too.
+extern crate self as restartable;
+
 pub mod abi;
 mod arch;
 mod runtime;
@@ -82,6 +85,9 @@ pub mod section;
 mod structures;
 
 pub use arch::inject;
+/// Writes a critical section once, in the section language, for every
+/// architecture: see [`section::language`].
+pub use restartable_macros::section;
 pub use runtime::cpu::{
     current_cpu, current_mm_cid, current_mm_cid_or_cpu, current_node, online_cpus, possible_cpus,
 };
@@ -90,6 +96,8 @@ pub use runtime::registration::{
     opt_out_current_thread, registration, FallbackReason, Owner, Registration,
 };
 pub use runtime::{fence, stats};
+#[doc(hidden)]
+pub use section::support as __lang;
 #[cfg(feature = "metrics")]
 pub use structures::metrics;
 pub use structures::{

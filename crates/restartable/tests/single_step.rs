@@ -75,6 +75,22 @@ fn single_stepped_operations_complete() {
     loop {
         // SAFETY: stepping our stopped, traced child.
         let rc = unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0) };
+        if rc != 0 && steps == 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EIO) {
+                // riscv64 Linux implements no PTRACE_SINGLESTEP: it answers
+                // EIO to the first request. Nothing to test without it.
+                // SAFETY: killing our own (stopped) child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let status = wait(pid);
+                assert!(libc::WIFSIGNALED(status), "child not killed: {status:#x}");
+                println!(
+                    "[single-step] skipped: this kernel has no PTRACE_SINGLESTEP ({err}) on {}",
+                    std::env::consts::ARCH
+                );
+                return;
+            }
+        }
         assert_eq!(
             rc,
             0,

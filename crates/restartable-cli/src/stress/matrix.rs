@@ -147,7 +147,7 @@ fn command(exe: &std::path::Path, mode: Mode, opts: &Options) -> Command {
     if let (Some(index), true) = (opts.index, mode.takes_index()) {
         cmd.arg("--index").arg(index.name());
     }
-    if let (Some(order), true) = (opts.order, mode.raw_sections()) {
+    if let (Some(order), true) = (opts.order, mode.takes_order()) {
         cmd.arg("--order").arg(order.name());
     }
     if mode.on_library() && opts.skip_registration > 0 {

@@ -7,6 +7,7 @@
 //! Without a mode, [`matrix`] runs every mode briefly, each in a process of
 //! its own, and prints one line per mode.
 
+mod language;
 pub mod managed;
 mod matrix;
 pub mod sections;
@@ -59,6 +60,14 @@ pub enum Mode {
     /// The library's `Buffer`: producers append records while a manager
     /// drains every CPU's buffer through the fence.
     Drain,
+    /// The section language's per-CPU ring (`ring_take`, then
+    /// `ring_append`).
+    Ring,
+    /// The section language's per-CPU bounded stack of 32-bit values
+    /// (`stack_pop`, then `stack_push`).
+    BoundedStack,
+    /// The section language's per-CPU histogram (`histogram_add`).
+    Histogram,
 }
 
 impl Mode {
@@ -82,9 +91,21 @@ impl Mode {
         !self.on_library() && self != Mode::Churn
     }
 
+    /// The modes on sections written in the section language: raw
+    /// sections (they need rseq), indexed by CPU with a fixed commit
+    /// order.
+    fn generated(self) -> bool {
+        matches!(self, Mode::Ring | Mode::BoundedStack | Mode::Histogram)
+    }
+
     /// Whether `--index` applies: the raw-section modes and percpu.
     fn takes_index(self) -> bool {
-        self.raw_sections() || self == Mode::Percpu
+        (self.raw_sections() && !self.generated()) || self == Mode::Percpu
+    }
+
+    /// Whether `--order` applies: the hand-driven raw-section modes.
+    fn takes_order(self) -> bool {
+        self.raw_sections() && !self.generated()
     }
 
     /// The name on the command line.
@@ -103,10 +124,13 @@ impl Mode {
             Mode::Stack => "stack",
             Mode::Pool => "pool",
             Mode::Drain => "drain",
+            Mode::Ring => "ring",
+            Mode::BoundedStack => "bounded-stack",
+            Mode::Histogram => "histogram",
         }
     }
 
-    pub const ALL: [Mode; 13] = [
+    pub const ALL: [Mode; 16] = [
         Mode::Counter,
         Mode::Churn,
         Mode::Increment,
@@ -120,6 +144,9 @@ impl Mode {
         Mode::Stack,
         Mode::Pool,
         Mode::Drain,
+        Mode::Ring,
+        Mode::BoundedStack,
+        Mode::Histogram,
     ];
 }
 
@@ -233,7 +260,8 @@ pub struct Options {
     #[arg(long, default_value_t = 50, value_parser = parse_signal_us)]
     pub signal_us: u64,
     /// Delay loop inside every critical section: POINT=LOOPS, comma-separated
-    /// (points 0-3; needs a build with the `inject` feature).
+    /// (points 0-4, 4 being every other boundary of a generated section;
+    /// needs a build with the `inject` feature).
     #[arg(long, value_delimiter = ',', value_parser = parse_inject)]
     pub inject: Vec<(usize, u64)>,
     /// Which id indexes the per-CPU data (raw-section modes and percpu;
@@ -570,6 +598,9 @@ fn structure(mode: Mode, threads: u64) -> Option<Box<dyn Structure>> {
         Mode::Buffer => Box::new(sections::Buffer::new(items)),
         Mode::Memcpy => Box::new(sections::MemcpyBuffer::new(items)),
         Mode::DerefAdd => Box::new(sections::DerefAdd::new()),
+        Mode::Ring => Box::new(language::Ring::new(items)),
+        Mode::BoundedStack => Box::new(language::BoundedStack::new(items)),
+        Mode::Histogram => Box::new(language::Histogram::new()),
         _ => return None,
     })
 }
@@ -584,13 +615,13 @@ fn check_options(mode: Mode, opts: &Options) -> Result<(), String> {
     }
     if opts.index.is_some() && !mode.takes_index() {
         return Err(format!(
-            "mode {} has no index choice; --index works with percpu and the raw-section modes",
+            "mode {} has no index choice; --index works with percpu and the hand-driven raw-section modes (increment, spinlock, list, buffer, memcpy, deref-add)",
             mode.name()
         ));
     }
-    if opts.order.is_some() && !mode.raw_sections() {
+    if opts.order.is_some() && !mode.takes_order() {
         return Err(format!(
-            "mode {} has no commit order choice; --order works with the raw-section modes",
+            "mode {} has no commit order choice; --order works with the hand-driven raw-section modes (increment, spinlock, list, buffer, memcpy, deref-add)",
             mode.name()
         ));
     }
@@ -762,7 +793,7 @@ fn run_mode(mode: Mode, opts: &Options) -> Result<(), String> {
         // Only the raw-section modes (and percpu) choose the index; only
         // the raw-section modes the commit order.
         index: mode.takes_index().then_some(index_arg),
-        order: mode.raw_sections().then_some(order_arg),
+        order: mode.takes_order().then_some(order_arg),
         threads,
         ops: if mode == Mode::Churn {
             threads
@@ -840,7 +871,7 @@ fn print_report(report: &Report, opts: &Options, ops: u64) {
             if report.threads == 1 { "" } else { "s" }
         ),
     };
-    let flavour = if mode.raw_sections() {
+    let flavour = if mode.takes_order() {
         format!(
             " (index {}, order {})",
             opts.index().name(),

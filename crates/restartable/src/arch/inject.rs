@@ -5,7 +5,9 @@
 //! the windows in which preemption, migration and signals abort it. The
 //! points are: 0 before the descriptor is stored, 1 before the CPU compare,
 //! 2 after the first load or compare, 3 before the commit of operations with
-//! a second step. Without the feature no code is emitted for them.
+//! a second step, and 4 at every other boundary between two steps of a
+//! section written in the section language (`section!`). Without the
+//! feature no code is emitted for them.
 //!
 //! With the feature `compare-twice`, every section checks again, right
 //! before its commit, that it runs on the CPU it compared and that the words
@@ -15,11 +17,11 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Number of injection points.
-pub const POINTS: usize = 4;
+pub const POINTS: usize = 5;
 
 /// Loop counts per injection point, read by the sections themselves.
-#[cfg_attr(not(feature = "inject"), allow(dead_code))]
-pub(crate) static DELAYS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+#[doc(hidden)]
+pub static DELAYS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
 /// True when this build compiles delay loops into the sections.
 pub const ENABLED: bool = cfg!(feature = "inject");
@@ -44,7 +46,6 @@ pub fn delay(point: usize) -> u64 {
 }
 
 /// Reached from a section whose compare-twice check failed.
-#[cfg_attr(not(feature = "compare-twice"), allow(dead_code))]
 #[cold]
 #[inline(never)]
 pub(crate) fn compare_twice_failed() -> ! {

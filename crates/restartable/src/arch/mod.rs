@@ -11,31 +11,14 @@
 //! - `bump_own(counter)`: adds one to a counter only the calling thread
 //!   writes (others read it), so that a signal handler of the thread
 //!   cannot come between its load and its store;
-//! - the critical sections of the vocabulary in assembly, with the fault
-//!   injection and compare-twice checks compiled into them ([`inject`]).
+//!
+//! The critical sections themselves are not here: the section language
+//! (`restartable-lang`) generates them for every architecture, with the
+//! fault injection and compare-twice checks of [`inject`] compiled in.
 //!
 //! Adding an architecture means adding one file here.
 
 pub mod inject;
-
-/// What one attempt at a critical section did.
-#[cfg_attr(
-    not(all(target_arch = "x86_64", target_os = "linux", not(miri))),
-    allow(dead_code)
-)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Attempt {
-    /// The commit store executed.
-    Committed,
-    /// The kernel aborted the section (preemption, migration, signal).
-    Aborted,
-    /// The section exited early: the CPU the kernel reported is not a valid
-    /// index (or the area is not registered).
-    OutOfRange,
-    /// Compare number `n` (0 for the first) found a different value; the
-    /// value seen was written to the operation's `seen` pointer.
-    CompareFailed(u8),
-}
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 mod x86_64;
@@ -47,14 +30,27 @@ mod aarch64;
 #[cfg(all(target_arch = "aarch64", target_os = "linux", not(miri)))]
 pub(crate) use aarch64::*;
 
+#[cfg(all(target_arch = "riscv64", target_os = "linux", not(miri)))]
+mod riscv64;
+#[cfg(all(target_arch = "riscv64", target_os = "linux", not(miri)))]
+pub(crate) use riscv64::*;
+
 #[cfg(not(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ),
     target_os = "linux",
     not(miri)
 )))]
 mod portable;
 #[cfg(not(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ),
     target_os = "linux",
     not(miri)
 )))]

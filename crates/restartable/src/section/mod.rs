@@ -53,9 +53,19 @@
 
 use core::sync::atomic::AtomicU64;
 
-use crate::arch::{self, Attempt};
+pub mod examples;
+pub mod language;
+pub(crate) mod ops;
+mod run;
+#[doc(hidden)]
+pub mod support;
+
+pub use run::Run;
+
+use crate::arch;
 use crate::runtime::registration::{self, AreaRef};
 use crate::{abi, stats};
+use ops::{dispatch as op, Attempt};
 
 /// Attempts [`Thread::retry`] makes, and the structures make before they
 /// complete an operation on their fallback path instead: so a section that
@@ -162,14 +172,10 @@ impl core::fmt::Debug for Thread {
     }
 }
 
+/// Calls operation `$f` in the flavour of `$id`'s index and `$order`.
 macro_rules! dispatch {
-    ($f:ident, $id:expr, $order:expr, ($($arg:expr),*)) => {
-        match ($id.index, $order) {
-            (Index::Cpu, Order::Relaxed) => arch::$f::<{ abi::OFFSET_CPU_ID }, false>($($arg),*),
-            (Index::Cpu, Order::Release) => arch::$f::<{ abi::OFFSET_CPU_ID }, true>($($arg),*),
-            (Index::MmCid, Order::Relaxed) => arch::$f::<{ abi::OFFSET_MM_CID }, false>($($arg),*),
-            (Index::MmCid, Order::Release) => arch::$f::<{ abi::OFFSET_MM_CID }, true>($($arg),*),
-        }
+    ($f:ident, $id:expr, $order:expr, ($area:expr $(, $arg:expr)*)) => {
+        op::$f($id.index, $order, $area.cast() $(, $arg)*)
     };
 }
 
@@ -213,6 +219,20 @@ impl Thread {
             Index::MmCid => return None,
         };
         Some(Id { value, index })
+    }
+
+    /// The area's address for a generated section, if the thread still
+    /// has it (and, for `mm_cid`, the kernel maintains that id).
+    #[inline(always)]
+    pub(crate) fn section_area(&self, mm_cid: bool) -> Option<*const u8> {
+        let ok = self.live() && (!mm_cid || self.feature_size >= abi::MM_CID_FEATURE_SIZE);
+        ok.then(|| self.area.as_ptr().cast())
+    }
+
+    /// Clears `rseq_cs` after a section.
+    #[inline(always)]
+    pub(crate) fn detach(&self) {
+        self.area.detach();
     }
 
     /// False once the thread gave its area up ([`opt_out_current_thread`],

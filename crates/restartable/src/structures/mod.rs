@@ -8,6 +8,8 @@
 mod buffer;
 mod counter;
 mod kit;
+
+pub(crate) use kit::padded::SLOT_SHIFT;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod percpu;

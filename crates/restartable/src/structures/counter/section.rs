@@ -6,10 +6,11 @@ use core::ptr::NonNull;
 
 use super::fallback;
 use super::word::SplitWord;
-use crate::arch::{self, Attempt};
+use crate::arch;
 use crate::runtime::registration::{self, AreaRef};
+use crate::section::ops::{self, Attempt};
 use crate::stats::Cause;
-use crate::structures::kit::padded::{Padded, SLOT_SHIFT};
+use crate::structures::kit::padded::Padded;
 use crate::structures::kit::retry::Retry;
 
 /// Adds `count` to the slot of the CPU the calling thread runs on.
@@ -47,9 +48,8 @@ unsafe fn attempt(
 ) -> Attempt {
     // SAFETY: `area` is this thread's registered area (an AreaRef cannot
     // leave its thread); the slot memory is guaranteed by the caller.
-    let attempt = unsafe {
-        arch::add_indexed::<SLOT_SHIFT>(area.as_ptr(), base.as_ptr() as *mut u8, len, count)
-    };
+    let attempt =
+        unsafe { ops::counter_attempt(area.as_ptr().cast(), base.as_ptr() as *mut u8, len, count) };
     area.detach();
     attempt
 }
