@@ -358,6 +358,9 @@ pub struct Section {
     pub ret: Vec<syn::Type>,
     /// Values returned on commit.
     pub ret_vals: Vec<Val>,
+    /// Per value: derived from memory the section owns until it commits
+    /// (`#[owned(..)]`).
+    pub owned: Vec<bool>,
     /// The body.
     pub ops: Vec<Op>,
     /// Where each op came from, for errors after parsing.

@@ -683,7 +683,8 @@ impl Lowering<'_> {
 
     /// Compare-twice, right before the commit at op `at`: the id again,
     /// and every plain load whose value and address are still in their
-    /// registers reads the same value again.
+    /// registers, and (for loads of owned memory) that no store or copy
+    /// followed, reads the same value again.
     fn twice(&mut self, s: &Section, a: &Alloc, id: Option<Val>, at: usize) {
         let _ = self.v;
         if let Some(id) = id {
@@ -691,7 +692,14 @@ impl Lowering<'_> {
             self.branch(Cond::Ne, Reg::Scratch, Rhs::R(Reg::V(id)), Goto::CtFail);
         }
         for (n, op) in s.ops[..at].iter().enumerate() {
-            if self.fused_load == Some(n) {
+            // A load from owned memory that a store or copy followed may
+            // see the section's own speculative write: no re-check then.
+            let owned = matches!(op, Op::Load { addr, .. } if s.owned.get(addr.base).copied().unwrap_or(true));
+            let written_since = owned
+                && s.ops[n..at]
+                    .iter()
+                    .any(|o| matches!(o, Op::Store { .. } | Op::Copy { .. }));
+            if self.fused_load == Some(n) || written_since {
                 continue;
             }
             if let Op::Load {

@@ -93,7 +93,22 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
             "a section is an `unsafe fn`: its inputs are memory the caller vouches for",
         );
     }
-    if !sig.generics.params.is_empty() || sig.asyncness.is_some() || sig.constness.is_some() {
+    if let Some(abi) = &sig.abi {
+        return err(
+            abi,
+            "a section has the Rust ABI: it is expanded into a module, not a function",
+        );
+    }
+    if let Some(w) = &sig.generics.where_clause {
+        return err(w, "a section has no `where` clause");
+    }
+    if let Some(a) = sig.asyncness {
+        return err(a, "a section is not `async`");
+    }
+    if let Some(c) = sig.constness {
+        return err(c, "a section is not `const`");
+    }
+    if !sig.generics.params.is_empty() {
         return err(
             &sig.generics,
             "a section has no generics and is neither `async` nor `const`",
@@ -107,11 +122,10 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
         let Pat::Ident(pi) = &*pt.pat else {
             return err(&pt.pat, "inputs are plain names");
         };
-        if pi.ident.to_string().starts_with("__") {
-            return err(
-                &pi.ident,
-                "names starting with `__` are the expansion's own",
-            );
+        let input = pi.ident.to_string();
+        let reserved = ["run", "retry", "twin", "attempt", "Exit", "Value", "SOURCE"];
+        if input.starts_with("__") || reserved.contains(&input.as_str()) {
+            return err(&pi.ident, "this name is the expansion's own (`run`, `retry`, `twin`, `attempt`, `Exit`, `Value`, `SOURCE` and names starting with `__`)");
         }
         let n = p.inputs.len();
         p.inputs.push(Input {
@@ -172,7 +186,11 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
                     }
                     continue;
                 }
+                let fresh = p.values.len();
                 let v = p.value(&init.expr)?;
+                if v < fresh && p.owned.contains(&name) {
+                    return err(&init.expr, format!("`{name}` is owned (`#[owned(..)]`), so it must be bound to a new address computed here, not to a value that already names other memory"));
+                }
                 let v = p.bind(&name, v, &init.expr);
                 p.names.insert(name, v);
             }
@@ -235,6 +253,7 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
         ret,
         ret_vals: p.ret_vals,
         ops: p.ops,
+        owned: p.owned_vals,
         spans: p.spans,
         source,
     })
@@ -259,6 +278,15 @@ fn is_commit(stmt: &Stmt) -> Option<&syn::Macro> {
 }
 
 /// A literal integer, if `e` is one.
+/// The expression inside the invisible group a `macro_rules!` `$e:expr`
+/// fragment arrives in.
+fn ungroup(e: &Expr) -> &Expr {
+    match e {
+        Expr::Group(g) => ungroup(&g.expr),
+        e => e,
+    }
+}
+
 fn literal(e: &Expr) -> Option<syn::Result<u64>> {
     match e {
         Expr::Lit(l) => match &l.lit {
@@ -266,6 +294,7 @@ fn literal(e: &Expr) -> Option<syn::Result<u64>> {
             _ => None,
         },
         Expr::Paren(p) => literal(&p.expr),
+        Expr::Group(g) => literal(&g.expr),
         _ => None,
     }
 }
@@ -431,6 +460,11 @@ impl Parser {
             };
             return err(at, format!("the id must be range-checked right after it is read: `if {name} >= bound {{ exit!(OutOfRange) }}`, or compared with the id the caller chose its data by, `if {name} != expected {{ exit!(Moved) }}` (cpu_id is -1 in an unregistered area, and can exceed any array sized when the process started)"));
         };
+        // `let n = current_id()` shadows an input `n`: as in Rust, the
+        // check would compare the id with itself.
+        if matches!(&*b.right, Expr::Path(p) if p.path.is_ident(name)) {
+            return err(&b.right, format!("`{name}` names the id here (the `let` shadows the input): bind the id to another name"));
+        }
         let bound = self.value(&b.right)?;
         let (exit, vals) = self.exit_body(&e.then_branch)?;
         if !vals.is_empty() {
@@ -514,7 +548,7 @@ impl Parser {
                 "an `if` has no `else`: it leaves through an exit or falls through",
             );
         }
-        let Expr::Binary(b) = &*e.cond else {
+        let Expr::Binary(b) = ungroup(&e.cond) else {
             return err(
                 &e.cond,
                 "the condition is one comparison: `==`, `!=`, `<`, `<=`, `>`, `>=`",
@@ -586,6 +620,7 @@ impl Parser {
 
     /// A statement with an effect: a speculative store or the copy.
     fn effect(&mut self, e: &Expr) -> syn::Result<()> {
+        let e = ungroup(e);
         let Expr::Call(c) = e else {
             return match e {
                 Expr::Assign(_) => err(e, "assignments are outside the section language: store with `store64(addr, value)`"),
@@ -659,6 +694,7 @@ impl Parser {
                 "read the id first: `let id = current_id();` comes before every access to memory",
             );
         }
+        let store = ungroup(store);
         let width = match store {
             Expr::Call(c) => match &*c.func {
                 Expr::Path(f) => f.path.get_ident().and_then(|i| store_width(&i.to_string())),
@@ -784,7 +820,12 @@ impl Parser {
             Expr::Macro(m) if m.mac.path.segments.last().is_some_and(|s| s.ident == "offset_of") => Ok(Operand::Val(self.konst(e.to_token_stream()))),
             Expr::Call(c) => self.call(c, e),
             Expr::Binary(b) => self.binary(b),
-            Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) && literal(&u.expr).is_some() => Ok(Operand::Val(self.konst(e.to_token_stream()))),
+            Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) && literal(&u.expr).is_some() => {
+                // Values are 64-bit words: `-n` is its two's complement.
+                let n = literal(&u.expr).expect("a literal")?;
+                let w = n.wrapping_neg();
+                Ok(Operand::Val(self.konst(quote!(#w))))
+            }
             e if is_loop(e) => err(e, LOOP),
             Expr::If(_) | Expr::Match(_) => err(e, "`if` and `match` as values are outside the section language: a comparison leaves through an exit"),
             Expr::Closure(_) => err(e, "closures are outside the section language"),
@@ -894,6 +935,7 @@ impl Parser {
 fn signed_cast(e: &Expr) -> Option<&Expr> {
     match e {
         Expr::Paren(p) => signed_cast(&p.expr),
+        Expr::Group(g) => signed_cast(&g.expr),
         Expr::Cast(c) if matches!(&*c.ty, syn::Type::Path(t) if t.path.is_ident("i64")) => {
             Some(&c.expr)
         }

@@ -25,7 +25,7 @@
 //!   area; the [`fence`] lets one thread work on another CPU's data;
 //!   [`stats`] counts aborts and fallback completions. Set
 //!   `RESTARTABLE_DISABLE=1` to never make the rseq system call.
-//! - **the sections** ([`section`]): the vocabulary of per-CPU operations,
+//! - **the sections** ([`section`](mod@section)): the vocabulary of per-CPU operations,
 //!   each one attempt with an explicit [`Outcome`](section::Outcome).
 //! - **the structures** (`structures/`), safe, each with a fallback path
 //!   that makes no system call where no thread uses rseq:

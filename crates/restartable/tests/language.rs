@@ -6,6 +6,48 @@
 use restartable::section::examples::*;
 use restartable::section::{Run, Thread};
 
+restartable::section! {
+    /// Reads a word it owns, writes it speculatively, then commits
+    /// elsewhere: compare-twice must not re-check the word it wrote itself.
+    /// Also a negative literal.
+    #[index(cpu_id)]
+    #[exits(OutOfRange)]
+    #[owned(spare)]
+    unsafe fn spec_bump(blocks: *mut u8, ncpus: u64) -> u64 {
+        let cpu = current_id();
+        if cpu >= ncpus { exit!(OutOfRange) }
+        let block = blocks + (cpu << 8);
+        let spare = block + 8;
+        let old = load64(spare);
+        store64(spare, old + -1);
+        let gen = load64(block);
+        commit!(store64(block, gen + 1));
+        old
+    }
+}
+
+#[test]
+fn a_speculative_store_to_a_loaded_word_commits_under_compare_twice() {
+    let Some(t) = thread() else { return };
+    let cpu = pin();
+    let ncpus = restartable::possible_cpus();
+    let mut a = blocks(256, ncpus, |_| 5);
+    let mut b = a.clone();
+    let (pa, pb) = (a.as_mut_ptr().cast::<u8>(), b.as_mut_ptr().cast::<u8>());
+    for _ in 0..3 {
+        // SAFETY: the vectors hold a block per possible CPU, this thread's.
+        let x = until(|| unsafe { spec_bump::retry(&t, pa, ncpus as u64) });
+        let y = unsafe { spec_bump::twin(cpu as u32, pb, ncpus as u64) };
+        assert_eq!((x, &a), (y, &b));
+    }
+    // SAFETY: the block of `cpu` lies inside `a`.
+    let (gen, spare) = unsafe {
+        let w = a.as_ptr().cast::<u64>().add(cpu * 256 / 8);
+        (w.read(), w.add(1).read())
+    };
+    assert_eq!((gen, spare), (8, 2));
+}
+
 fn require_rseq() -> bool {
     std::env::var_os("RESTARTABLE_REQUIRE_RSEQ").is_some_and(|v| v == "1")
 }

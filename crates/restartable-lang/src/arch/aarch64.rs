@@ -156,7 +156,7 @@ pub(super) fn tail(n: &Names) -> String {
         String::from(".pushsection __rseq_failure, \"ax\"\n.inst {signature}\n23:\nb {aborted}\n");
     for op in 0..n.s.ops.len() {
         if let Some(k) = super::stub_number(n.s, op) {
-            t += &format!("{}:\n", 30 + k);
+            t += &format!("{}:\n", 1000 + k);
             for (m, v) in n.exit_vals(op).iter().enumerate() {
                 t += &format!("str {}, [{{out}}, #{}]\n", n.reg(Reg::V(*v), ""), 8 * m);
             }

@@ -147,7 +147,7 @@ impl Names<'_> {
             Goto::CtFail => "{ct_fail}".into(),
             Goto::Local(n) => self.local(n),
             Goto::Exit(op) => match stub_number(self.s, op) {
-                Some(k) => format!("{}f", 30 + k),
+                Some(k) => format!("{}f", 1000 + k),
                 None => format!("{{x{}}}", exit_of(self.s, op)),
             },
         }
@@ -269,7 +269,7 @@ impl Names<'_> {
             return String::new();
         }
         match stub_number(self.s, op) {
-            Some(k) if !self.t.inline_exits => format!("{}f", 30 + k),
+            Some(k) if !self.t.inline_exits => format!("{}f", 1000 + k),
             _ => format!("{{x{}}}", exit_of(self.s, op)),
         }
     }

@@ -134,7 +134,7 @@ pub(super) fn tail(n: &Names) -> String {
     let mut t = String::from(".pushsection __rseq_failure, \"ax\"\n.byte 0x0f, 0xb9, 0x3d\n.long {signature}\n23:\njmp {aborted}\n");
     for op in 0..n.s.ops.len() {
         if let Some(k) = super::stub_number(n.s, op) {
-            t += &format!("{}:\n", 30 + k);
+            t += &format!("{}:\n", 1000 + k);
             for (m, v) in n.exit_vals(op).iter().enumerate() {
                 t += &format!(
                     "mov qword ptr [{{out}} + {}], {}\n",

@@ -84,18 +84,26 @@
 //!   `-1` in an unregistered area), or compare it with the id the caller
 //!   chose its data by, `if id != expected { exit!(Moved) }`.
 //! - Loads: `load8`, `load16`, `load32`, `load64`, `load_ptr` (zero-extend),
-//!   `load_signed8`/`16`/`32` (sign-extend), `load_acquire8`..`64`.
+//!   `load_signed8`/`16`/`32` (sign-extend; a 64-bit load needs none),
+//!   `load_acquire8`..`64` and `load_acquire_signed8`/`16`/`32`.
 //! - Addresses are values: `base + (index << shift) + offset`, with field
-//!   offsets as `offset_of!(Type, field)`. Every access must be aligned.
-//! - Arithmetic on 64-bit values: `+ - & | ^`, and `<< >>` by a literal.
-//!   Literals, `UPPER_CASE` constants and `offset_of!`/`size_of::<T>()` are
-//!   allowed wherever a value is.
+//!   offsets as `offset_of!(Type, field)` (import it: `use
+//!   core::mem::offset_of;`). Every access must be aligned.
+//! - Arithmetic on 64-bit values (wrapping): `+ - & | ^`, and `<< >>` by a
+//!   literal below 64 (not a constant). Literals (negative ones as their
+//!   two's complement), `UPPER_CASE` constants and
+//!   `offset_of!`/`size_of::<T>()` are allowed wherever a value is.
+//! - Inputs, exit values and returned values are 64-bit words in
+//!   registers: the integer types up to 64 bits, `usize`, `isize`, `bool`
+//!   and raw pointers. References, `NonNull` and floats are not.
 //! - `if a OP b { exit!(Name) }` or `{ exit!(Name(v, w)) }`, with `OP` one
 //!   of `== != < <= > >=` (unsigned; `(a as i64) < (b as i64)` is signed).
 //! - `store8`..`store64`, `store_ptr`: speculative stores, only to memory
 //!   the section owns until it commits, an address derived from a name in
 //!   `#[owned(..)]`.
-//! - `copy(dst, src, len)`: the one loop, a bounded copy to owned memory.
+//! - `copy(dst, src, len)`: the one loop, a copy of `len` bytes (a run-time
+//!   value: check it against your buffer with an exit first) to owned
+//!   memory; source and destination must not overlap.
 //! - `commit!(store64(addr, v))` or `commit!(release, store64(addr, v))`:
 //!   exactly one, last. After it, only the returned values may follow.
 //!   `#[order(release)]` on the section makes a `commit!` that names no
@@ -104,16 +112,30 @@
 //!
 //! ## What the macro rejects
 //!
+//! Input names are plain names other than the expansion's own (`run`,
+//! `retry`, `twin`, `attempt`, `Exit`, `Value`, `SOURCE`, anything starting
+//! with `__`); a section has at most 32 exits, no generics, no `where`
+//! clause, and the Rust ABI.
+//!
 //! Each of these is an error at the offending token: no commit, a second
 //! commit or anything else after it, a load or store before the id is
 //! read, an id without its range check, a store to memory not declared
 //! owned, calls, method calls, closures, `if`/`match` as values, indexing
 //! and field access, casts (other than the signed comparison), loops other
 //! than `copy`, and a body that needs more registers than an `asm!` block
-//! gets on some architecture (13 on x86-64, 29 on aarch64, 26 on riscv64,
-//! counted after lowering: each input, constant and live value takes one,
-//! as do the area, the scratch and delay registers, the out pointer and
-//! the copy's two).
+//! gets on some architecture. The budgets are 13 on x86-64, 29 on aarch64
+//! and 26 on riscv64, but every section is emitted for all three, so 13 is
+//! the limit everywhere. They are counted after lowering: each live input,
+//! constant (every literal of 2048 or more is one, from the start) and
+//! `let` value takes one; so do the area, the scratch register, the out
+//! pointer (when an exit carries values or the section returns any) and
+//! the copy's two. The compare-twice build keeps the id in its register to
+//! the commit, one more, and the budget is checked for that build too.
+//!
+//! A section indexed by `mm_cid` on a kernel that does not provide it
+//! (before Linux 6.3) only ever aborts, so `retry` always returns `Err`:
+//! check [`current_mm_cid`](crate::current_mm_cid) or
+//! `Thread::id(Index::MmCid)` first.
 //!
 //! ## Checking a section
 //!
