@@ -2,7 +2,7 @@
 //! (one attempt), `retry` (bounded attempts), `twin` (the same body in
 //! plain Rust) and the section's source for the model checker.
 
-use proc_macro2::{Ident, Literal, Span, TokenStream};
+use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::arch::{self, Arch};
@@ -279,7 +279,6 @@ fn asm_block(
     if v.twice {
         ops.push(quote!(ct_fail = label { #rt::compare_twice_failed() }));
     }
-    let _ = Span::call_site();
     quote! {
         // SAFETY: the caller's contract (see `attempt`); the block writes
         // `rseq_cs` in the area, the body's stores and `out`.

@@ -330,7 +330,6 @@ pub fn lower(s: &Section, t: &Traits, v: Variant) -> Vec<Inst> {
     let mut l = Lowering {
         t,
         out: Vec::new(),
-        v,
         fused_load: None,
     };
     let r = Reg::V;
@@ -375,14 +374,13 @@ pub fn lower(s: &Section, t: &Traits, v: Variant) -> Vec<Inst> {
             l.out.push(Inst::Inject(point));
         }
         match op {
-            Op::ReadId { dst, bound, exit } => {
+            Op::ReadId { dst, bound, .. } => {
                 if v.inject {
                     l.out.push(Inst::Inject(1));
                 }
                 l.out.push(Inst::ReadId { dst: r(*dst) });
                 id = Some(*dst);
                 if let Some(b) = bound {
-                    let _ = exit;
                     l.branch(Cond::Geu, r(*dst), Rhs::R(r(*b)), Goto::Exit(i));
                 }
             }
@@ -409,14 +407,11 @@ pub fn lower(s: &Section, t: &Traits, v: Variant) -> Vec<Inst> {
                 };
                 l.alu(*op, r(*dst), r(*a), b);
             }
-            Op::Exit {
-                cond, a, b, exit, ..
-            } => {
+            Op::Exit { cond, a, b, .. } => {
                 let b = match b {
                     Operand::Val(b) => Rhs::R(r(*b)),
                     Operand::Imm(i) => Rhs::I(*i),
                 };
-                let _ = exit;
                 l.branch(*cond, r(*a), b, Goto::Exit(i));
             }
             Op::Copy { dst, src, len } => l.copy(r(*dst), r(*src), r(*len)),
@@ -497,7 +492,6 @@ fn fused_add(s: &Section, tso: bool) -> Option<(Rhs, Addr)> {
 struct Lowering<'a> {
     t: &'a Traits,
     out: Vec<Inst>,
-    v: Variant,
     /// The load a fused commit does itself (no register holds its value).
     fused_load: Option<usize>,
 }
@@ -686,7 +680,6 @@ impl Lowering<'_> {
     /// registers, and (for loads of owned memory) that no store or copy
     /// followed, reads the same value again.
     fn twice(&mut self, s: &Section, a: &Alloc, id: Option<Val>, at: usize) {
-        let _ = self.v;
         if let Some(id) = id {
             self.push(Inst::ReadId { dst: Reg::Scratch });
             self.branch(Cond::Ne, Reg::Scratch, Rhs::R(Reg::V(id)), Goto::CtFail);

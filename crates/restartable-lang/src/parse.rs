@@ -150,7 +150,7 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
     while i < stmts.len() {
         let stmt = &stmts[i];
         i += 1;
-        if let Some(at) = commit_at {
+        if commit_at.is_some() {
             // Only the committed value may follow the commit.
             if let Stmt::Expr(e, None) = stmt {
                 if i == stmts.len() && is_commit(stmt).is_none() {
@@ -163,7 +163,6 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
             } else if is_commit(stmt).is_some() {
                 return err(stmt, "a second commit: a section publishes its effect with exactly one store, its last (the first would publish while the section can still abort)");
             } else {
-                let _ = at;
                 return err(stmt, "nothing may follow the commit: it is the section's last store (a second commit, or any other step, would run after the section's effect is published)");
             }
         }
@@ -191,7 +190,7 @@ pub(crate) fn section(tokens: TokenStream, mode: Mode) -> syn::Result<Section> {
                 if v < fresh && p.owned.contains(&name) {
                     return err(&init.expr, format!("`{name}` is owned (`#[owned(..)]`), so it must be bound to a new address computed here, not to a value that already names other memory"));
                 }
-                let v = p.bind(&name, v, &init.expr);
+                let v = p.bind(&name, v);
                 p.names.insert(name, v);
             }
             Stmt::Expr(Expr::If(e), _) => p.exit_if(e)?,
@@ -384,7 +383,7 @@ impl Parser {
     }
 
     /// Gives a `let` its name; a name in `#[owned(..)]` marks its value owned.
-    fn bind(&mut self, name: &str, v: Val, _at: &Expr) -> Val {
+    fn bind(&mut self, name: &str, v: Val) -> Val {
         if self.owned.iter().any(|o| o == name) {
             self.owned_vals[v] = true;
         }
@@ -474,7 +473,6 @@ impl Parser {
             // `id != expected`: the caller read the id before and chose its
             // data by it, so equality is the range check, and from here on
             // the id is `expected`.
-            let _ = vals;
             self.push(
                 Op::CheckId {
                     expect: bound,

@@ -116,7 +116,7 @@ impl Names<'_> {
             Reg::K0 => "k0".into(),
             Reg::K1 => "k1".into(),
             Reg::Zero => "zero".into(),
-            Reg::V(v) => value_operand(self.s, self.alloc, v),
+            Reg::V(v) => value_operand(self.alloc, v),
         }
     }
 
@@ -183,8 +183,7 @@ pub(crate) fn stub_number(s: &Section, op: usize) -> Option<usize> {
 }
 
 /// The template operand of a value.
-pub(crate) fn value_operand(s: &Section, a: &Alloc, v: Val) -> String {
-    let _ = &s.values[v].kind;
+pub(crate) fn value_operand(a: &Alloc, v: Val) -> String {
     format!("t{}", a.slot[v].expect("every value used has a slot"))
 }
 
@@ -265,9 +264,6 @@ fn exit_points(s: &Section, n: &Names, v: Variant) -> Vec<String> {
 
 impl Names<'_> {
     fn exit_point(&self, op: usize) -> String {
-        if self.s.ops.is_empty() {
-            return String::new();
-        }
         match stub_number(self.s, op) {
             Some(k) if !self.t.inline_exits => format!("{}f", 1000 + k),
             _ => format!("{{x{}}}", exit_of(self.s, op)),
