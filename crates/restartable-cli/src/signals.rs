@@ -1,7 +1,9 @@
-//! The signal storm used by `restartable stress`: a per-thread interval
-//! timer delivering SIGUSR1 to its own thread, whose handler runs a
-//! caller-chosen action (an operation on the structure under test).
+//! The signal storm used by `restartable stress`: a per-thread timer
+//! delivering SIGUSR1 to its own thread a fixed interval after each
+//! handler returns, whose handler runs a caller-chosen action (an
+//! operation on the structure under test).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// The handler's action; set once before any timer starts.
@@ -17,6 +19,37 @@ extern "C" fn on_signal(_: libc::c_int) {
         f();
         DELIVERED.fetch_add(1, Ordering::Relaxed);
     }
+    rearm();
+}
+
+thread_local! {
+    /// This thread's storm timer and its period, while a [`ThreadTimer`]
+    /// runs (a null timer otherwise). Read by the handler, so a plain
+    /// `const` cell with no destructor.
+    static TIMER: Cell<(libc::timer_t, libc::timespec)> =
+        const { Cell::new((std::ptr::null_mut(), libc::timespec { tv_sec: 0, tv_nsec: 0 })) };
+}
+
+/// Arms this thread's timer for one more period, counted from now: the
+/// next signal comes a full period after this handler ends, so the code
+/// it interrupted always gets that long to run. (A periodic timer would
+/// starve it once a handler, slowed by injected delays and aborts, takes
+/// longer than the period: the next signal would be pending on return.)
+fn rearm() {
+    let (timer, period) = TIMER.get();
+    if timer.is_null() {
+        return;
+    }
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: period,
+    };
+    // SAFETY: `timer` is this thread's live timer (cleared before it is
+    // deleted); timer_settime is async-signal-safe.
+    unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
 }
 
 /// Installs the SIGUSR1 handler running `action` (must be async-signal-safe).
@@ -41,8 +74,9 @@ pub fn install(action: fn()) -> Result<(), String> {
     }
 }
 
-/// A timer signalling the thread that created it every `interval_us`
-/// microseconds, until dropped (on that same thread).
+/// A timer signalling the thread that created it `interval_us`
+/// microseconds after each signal's handler returns (and after the start),
+/// until dropped (on that same thread).
 pub struct ThreadTimer(libc::timer_t);
 
 impl ThreadTimer {
@@ -65,12 +99,18 @@ impl ThreadTimer {
                 tv_sec: (interval_us / 1_000_000) as _,
                 tv_nsec: ((interval_us % 1_000_000) * 1000) as libc::c_long,
             };
+            // One-shot; the handler re-arms it (see `rearm`).
             let spec = libc::itimerspec {
-                it_interval: period,
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
                 it_value: period,
             };
+            TIMER.set((timer, period));
             if libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) != 0 {
                 let err = std::io::Error::last_os_error();
+                TIMER.set((std::ptr::null_mut(), period));
                 libc::timer_delete(timer);
                 return Err(format!("timer_settime failed: {err}"));
             }
@@ -81,6 +121,14 @@ impl ThreadTimer {
 
 impl Drop for ThreadTimer {
     fn drop(&mut self) {
+        // The handler stops re-arming before the timer goes.
+        TIMER.set((
+            std::ptr::null_mut(),
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+        ));
         // SAFETY: the timer was created by `start` and is deleted once.
         unsafe { libc::timer_delete(self.0) };
     }
