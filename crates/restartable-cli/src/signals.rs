@@ -27,8 +27,13 @@ thread_local! {
     /// runs (a null timer otherwise). Read by the handler, so a plain
     /// `const` cell with no destructor.
     static TIMER: Cell<(libc::timer_t, libc::timespec)> =
-        const { Cell::new((std::ptr::null_mut(), libc::timespec { tv_sec: 0, tv_nsec: 0 })) };
+        const { Cell::new((std::ptr::null_mut(), ZERO)) };
 }
+
+const ZERO: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+};
 
 /// Arms this thread's timer for one more period, counted from now: the
 /// next signal comes a full period after this handler ends, so the code
@@ -37,19 +42,20 @@ thread_local! {
 /// longer than the period: the next signal would be pending on return.)
 fn rearm() {
     let (timer, period) = TIMER.get();
-    if timer.is_null() {
-        return;
+    if !timer.is_null() {
+        arm(timer, period);
     }
+}
+
+/// Arms `timer` once, `period` from now; the `timer_settime` result.
+fn arm(timer: libc::timer_t, period: libc::timespec) -> libc::c_int {
     let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
+        it_interval: ZERO,
         it_value: period,
     };
-    // SAFETY: `timer` is this thread's live timer (cleared before it is
-    // deleted); timer_settime is async-signal-safe.
-    unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+    // SAFETY: `timer` is a live timer of this thread (the handler's copy is
+    // cleared before it is deleted); timer_settime is async-signal-safe.
+    unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) }
 }
 
 /// Installs the SIGUSR1 handler running `action` (must be async-signal-safe).
@@ -100,17 +106,10 @@ impl ThreadTimer {
                 tv_nsec: ((interval_us % 1_000_000) * 1000) as libc::c_long,
             };
             // One-shot; the handler re-arms it (see `rearm`).
-            let spec = libc::itimerspec {
-                it_interval: libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-                it_value: period,
-            };
             TIMER.set((timer, period));
-            if libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) != 0 {
+            if arm(timer, period) != 0 {
                 let err = std::io::Error::last_os_error();
-                TIMER.set((std::ptr::null_mut(), period));
+                TIMER.set((std::ptr::null_mut(), ZERO));
                 libc::timer_delete(timer);
                 return Err(format!("timer_settime failed: {err}"));
             }
@@ -122,13 +121,7 @@ impl ThreadTimer {
 impl Drop for ThreadTimer {
     fn drop(&mut self) {
         // The handler stops re-arming before the timer goes.
-        TIMER.set((
-            std::ptr::null_mut(),
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-        ));
+        TIMER.set((std::ptr::null_mut(), ZERO));
         // SAFETY: the timer was created by `start` and is deleted once.
         unsafe { libc::timer_delete(self.0) };
     }
