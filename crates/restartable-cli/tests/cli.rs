@@ -200,7 +200,7 @@ fn bench_ops_json_compares_each_section_with_its_baselines() {
         "--json",
     ]));
     let rows = rows.as_array().expect("an array of rows");
-    assert_eq!(rows.len(), 22);
+    assert_eq!(rows.len(), 24, "12 variants at 2 thread counts");
     for row in rows {
         assert_eq!(row["exact"], true, "{row}");
         assert!(row["ns_per_op"].as_f64().unwrap() > 0.0, "{row}");

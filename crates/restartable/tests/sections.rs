@@ -283,8 +283,12 @@ mod elf {
 
     #[test]
     fn descriptors_are_well_formed() {
-        // Make sure the operations are instantiated in this binary.
+        // Make sure the operations and Counter's section are instantiated
+        // in this binary.
         super::every_operation_in_every_flavour();
+        let counter = restartable::Counter::new();
+        counter.inc();
+        assert_eq!(counter.sum(), 1);
 
         let exe = std::fs::read("/proc/self/exe").expect("read own executable");
         let file = object::File::parse(&*exe).expect("parse own ELF");

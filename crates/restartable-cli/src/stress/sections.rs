@@ -41,6 +41,7 @@ impl Word {
 
 /// Runs a section until it commits or fails a compare, retrying aborts
 /// (16 at a time, then yielding) without limit.
+#[inline(always)]
 fn run<T>(t: &Thread, index: Index, mut attempt: impl FnMut(Id) -> Outcome<T>) -> (Id, Outcome<T>) {
     loop {
         let mut last = None;
@@ -60,6 +61,7 @@ fn run<T>(t: &Thread, index: Index, mut attempt: impl FnMut(Id) -> Outcome<T>) -
 
 /// Runs a section until it commits: a failed compare (another thread on
 /// the CPU changed the word since the caller read it) is retried too.
+#[inline(always)]
 fn commit<T>(t: &Thread, index: Index, mut attempt: impl FnMut(Id) -> Outcome<T>) -> T {
     loop {
         if let (_, Outcome::Committed(value)) = run(t, index, &mut attempt) {
@@ -68,15 +70,21 @@ fn commit<T>(t: &Thread, index: Index, mut attempt: impl FnMut(Id) -> Outcome<T>
     }
 }
 
+#[inline(always)]
 fn slot_index(id: Id, len: usize) -> usize {
     // mm_cid and CPU ids are below the possible CPUs; a larger one would be
     // a kernel bug, caught here rather than indexing out of bounds.
-    assert!(
-        id.as_usize() < len,
-        "id {} out of range {len}",
-        id.as_usize()
-    );
+    if id.as_usize() >= len {
+        out_of_range(id, len);
+    }
     id.as_usize()
+}
+
+/// Out of line, so the check costs the hot path a compare and nothing else.
+#[cold]
+#[inline(never)]
+fn out_of_range(id: Id, len: usize) -> ! {
+    panic!("id {} out of range {len}", id.as_usize())
 }
 
 /// What the modes share: one operation, and the exact check at the end.
@@ -107,6 +115,7 @@ impl Increment {
 }
 
 impl Structure for Increment {
+    #[inline(always)]
     fn op(&self, t: &Thread, index: Index, order: Order) {
         run(t, index, |id| {
             let v = self.slots[slot_index(id, self.slots.len())].0.ptr();
@@ -142,6 +151,7 @@ impl DerefAdd {
 }
 
 impl Structure for DerefAdd {
+    #[inline(always)]
     fn op(&self, t: &Thread, index: Index, order: Order) {
         run(t, index, |id| {
             let offset = 8 * slot_index(id, self.table.len());
@@ -171,6 +181,7 @@ impl Spinlock {
 }
 
 impl Structure for Spinlock {
+    #[inline(always)]
     fn op(&self, t: &Thread, index: Index, order: Order) {
         let slot = loop {
             let (id, outcome) = run(t, index, |id| {
@@ -239,6 +250,7 @@ impl List {
         List { heads, nodes }
     }
 
+    #[inline(always)]
     fn pop(&self, t: &Thread, index: Index, order: Order) -> Option<*mut Node> {
         let (_, outcome) = run(t, index, |id| {
             let head = self.heads[slot_index(id, self.heads.len())].0.ptr();
@@ -253,6 +265,7 @@ impl List {
         }
     }
 
+    #[inline(always)]
     fn push(&self, t: &Thread, index: Index, node: *mut Node) {
         commit(t, index, |id| {
             let head = self.heads[slot_index(id, self.heads.len())].0.ptr();
@@ -268,6 +281,7 @@ impl List {
 }
 
 impl Structure for List {
+    #[inline(always)]
     fn op(&self, t: &Thread, index: Index, order: Order) {
         if let Some(node) = self.pop(t, index, order) {
             self.push(t, index, node);
@@ -341,6 +355,7 @@ impl Buffer {
 }
 
 impl Structure for Buffer {
+    #[inline(always)]
     fn op(&self, t: &Thread, index: Index, order: Order) {
         let (_, popped) = run(t, index, |id| {
             let slot = &self.slots[slot_index(id, self.slots.len())].0;
@@ -352,14 +367,8 @@ impl Structure for Buffer {
             let item = entry.load();
             // SAFETY: offset and entries of `id` are written only by
             // sections with that id.
-            match unsafe {
-                t.compare2_store(id, order, slot.0.ptr(), off, entry.ptr(), item, off - 1)
-            } {
-                Outcome::Committed(()) => Outcome::Committed(item),
-                Outcome::CompareFailed { which, seen } => Outcome::CompareFailed { which, seen },
-                Outcome::Guarded { seen } => Outcome::Guarded { seen },
-                Outcome::Aborted => Outcome::Aborted,
-            }
+            unsafe { t.compare2_store(id, order, slot.0.ptr(), off, entry.ptr(), item, off - 1) }
+                .map(|()| item)
         });
         let Outcome::Committed(item) = popped else {
             return;
@@ -481,6 +490,7 @@ impl MemcpyBuffer {
 }
 
 impl Structure for MemcpyBuffer {
+    #[inline(always)]
     fn op(&self, t: &Thread, index: Index, order: Order) {
         let mut out = Record::default();
         let size = core::mem::size_of::<Record>();

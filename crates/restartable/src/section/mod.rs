@@ -65,7 +65,7 @@ pub use run::Run;
 use crate::arch;
 use crate::runtime::registration::{self, AreaRef};
 use crate::{abi, stats};
-use ops::{dispatch as op, Attempt};
+use ops::{dispatch as op, Attempt, Raw};
 
 /// Attempts [`Thread::retry`] makes, and the structures make before they
 /// complete an operation on their fallback path instead: so a section that
@@ -144,6 +144,20 @@ pub enum Outcome<T = ()> {
     Aborted,
 }
 
+impl<T> Outcome<T> {
+    /// The same outcome, with `f` applied to a [`Committed`](Outcome::Committed)
+    /// value.
+    #[inline(always)]
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Committed(value) => Outcome::Committed(f(value)),
+            Outcome::CompareFailed { which, seen } => Outcome::CompareFailed { which, seen },
+            Outcome::Guarded { seen } => Outcome::Guarded { seen },
+            Outcome::Aborted => Outcome::Aborted,
+        }
+    }
+}
+
 /// Every attempt of [`Thread::retry`] aborted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RetriesExhausted;
@@ -161,30 +175,13 @@ impl std::error::Error for RetriesExhausted {}
 #[derive(Clone, Copy)]
 pub struct Thread {
     area: AreaRef,
-    feature_size: u32,
 }
 
 impl core::fmt::Debug for Thread {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Thread")
-            .field("feature_size", &self.feature_size)
+            .field("feature_size", &registration::feature_size())
             .finish()
-    }
-}
-
-/// Calls operation `$f` in the flavour of `$id`'s index and `$order`.
-macro_rules! dispatch {
-    ($f:ident, $id:expr, $order:expr, ($area:expr $(, $arg:expr)*)) => {
-        op::$f($id.index, $order, $area.cast() $(, $arg)*)
-    };
-}
-
-fn outcome<T>(area: AreaRef, attempt: Attempt, value: impl FnOnce() -> T, seen: u64) -> Outcome<T> {
-    area.detach();
-    match attempt {
-        Attempt::Committed => Outcome::Committed(value()),
-        Attempt::CompareFailed(which) => Outcome::CompareFailed { which, seen },
-        Attempt::Aborted | Attempt::OutOfRange => Outcome::Aborted,
     }
 }
 
@@ -198,10 +195,7 @@ impl Thread {
             return None;
         }
         let area = registration::area()?;
-        Some(Thread {
-            area,
-            feature_size: registration::feature_size(),
-        })
+        Some(Thread { area })
     }
 
     /// The thread's current id of kind `index`; `None` for
@@ -215,7 +209,7 @@ impl Thread {
         let rseq = self.area.get();
         let value = match index {
             Index::Cpu => u32::try_from(rseq.cpu_id()).ok()?,
-            Index::MmCid if self.feature_size >= abi::MM_CID_FEATURE_SIZE => rseq.mm_cid(),
+            Index::MmCid if has_mm_cid() => rseq.mm_cid(),
             Index::MmCid => return None,
         };
         Some(Id { value, index })
@@ -225,7 +219,7 @@ impl Thread {
     /// has it (and, for `mm_cid`, the kernel maintains that id).
     #[inline(always)]
     pub(crate) fn section_area(&self, mm_cid: bool) -> Option<*const u8> {
-        let ok = self.live() && (!mm_cid || self.feature_size >= abi::MM_CID_FEATURE_SIZE);
+        let ok = self.live() && (!mm_cid || has_mm_cid());
         ok.then(|| self.area.as_ptr().cast())
     }
 
@@ -268,6 +262,25 @@ impl Thread {
         Err(RetriesExhausted)
     }
 
+    /// One attempt of a generated operation on the area: `Aborted` at once
+    /// if the thread gave the area up; `rseq_cs` cleared after.
+    #[inline(always)]
+    fn attempt(&self, section: impl FnOnce(*const u8) -> Raw) -> Outcome<u64> {
+        if !self.live() {
+            return Outcome::Aborted;
+        }
+        let raw = section(self.area.as_ptr().cast());
+        self.area.detach();
+        match raw.attempt {
+            Attempt::Committed => Outcome::Committed(raw.out),
+            Attempt::CompareFailed(which) => Outcome::CompareFailed {
+                which,
+                seen: raw.out,
+            },
+            Attempt::Aborted | Attempt::OutOfRange => Outcome::Aborted,
+        }
+    }
+
     /// If `*v == expect`, commit `*v = new`.
     ///
     /// # Safety
@@ -281,21 +294,11 @@ impl Thread {
         expect: u64,
         new: u64,
     ) -> Outcome {
-        let mut seen = 0;
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
-        // SAFETY: the caller upholds the module contract; `seen` is ours.
-        let attempt = unsafe {
-            dispatch!(
-                compare_store,
-                id,
-                order,
-                (area, id.value, v, expect, new, &mut seen)
-            )
-        };
-        outcome(self.area, attempt, || (), seen)
+        // SAFETY: the caller upholds the module contract.
+        self.attempt(|area| unsafe {
+            op::compare_store(id.index, order, area, id.value, v, expect, new)
+        })
+        .map(drop)
     }
 
     /// [`compare_store`](Self::compare_store) that first checks a guard
@@ -325,13 +328,9 @@ impl Thread {
     /// The [module contract](self).
     #[inline(always)]
     pub unsafe fn add(&self, id: Id, order: Order, v: *mut u64, count: u64) -> Outcome {
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract.
-        let attempt = unsafe { dispatch!(add, id, order, (area, id.value, v, count)) };
-        outcome(self.area, attempt, || (), 0)
+        self.attempt(|area| unsafe { op::add(id.index, order, area, id.value, v, count) })
+            .map(drop)
     }
 
     /// Pops the head of an intrusive list whose head word is `*v` and whose
@@ -372,23 +371,12 @@ impl Thread {
         offset: usize,
         guard: *const u64,
     ) -> Outcome<u64> {
-        let mut head = 0;
-        let mut seen = 0;
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
-        // SAFETY: the caller upholds the module contract; `head` and `seen`
-        // are ours.
-        let attempt = unsafe {
-            dispatch!(
-                pop,
-                id,
-                order,
-                (area, id.value, v, expect_not, offset, guard, &mut head, &mut seen)
+        // SAFETY: the caller upholds the module contract.
+        guarded(self.attempt(|area| unsafe {
+            op::pop(
+                id.index, order, area, id.value, v, expect_not, offset, guard,
             )
-        };
-        guarded(outcome(self.area, attempt, || head, seen))
+        }))
     }
 
     /// `**(*p + offset) += count`: the word at `*p + offset` is a pointer,
@@ -405,14 +393,11 @@ impl Thread {
         offset: usize,
         count: u64,
     ) -> Outcome {
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
         // SAFETY: the caller upholds the module contract.
-        let attempt =
-            unsafe { dispatch!(deref_add, id, order, (area, id.value, p, offset, count)) };
-        outcome(self.area, attempt, || (), 0)
+        self.attempt(|area| unsafe {
+            op::deref_add(id.index, order, area, id.value, p, offset, count)
+        })
+        .map(drop)
     }
 
     /// If `*v2 == expect2` and `*v == expect`, commit `*v = new`.
@@ -438,21 +423,11 @@ impl Thread {
         expect2: u64,
         new: u64,
     ) -> Outcome {
-        let mut seen = 0;
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
-        // SAFETY: the caller upholds the module contract; `seen` is ours.
-        let attempt = unsafe {
-            dispatch!(
-                compare2_store,
-                id,
-                order,
-                (area, id.value, v, expect, v2, expect2, new, &mut seen)
-            )
-        };
-        outcome(self.area, attempt, || (), seen)
+        // SAFETY: the caller upholds the module contract.
+        self.attempt(|area| unsafe {
+            op::compare2_store(id.index, order, area, id.value, v, expect, v2, expect2, new)
+        })
+        .map(drop)
     }
 
     /// If `*v == expect`: store `*v2 = new2`, then commit `*v = new`. The
@@ -498,21 +473,13 @@ impl Thread {
         new: u64,
         guard: *const u64,
     ) -> Outcome {
-        let mut seen = 0;
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
-        // SAFETY: the caller upholds the module contract; `seen` is ours.
-        let attempt = unsafe {
-            dispatch!(
-                store_then_store,
-                id,
-                order,
-                (area, id.value, v, expect, v2, new2, new, guard, &mut seen)
+        // SAFETY: the caller upholds the module contract.
+        guarded(self.attempt(|area| unsafe {
+            op::store_then_store(
+                id.index, order, area, id.value, v, expect, v2, new2, new, guard,
             )
-        };
-        guarded(outcome(self.area, attempt, || (), seen))
+        }))
+        .map(drop)
     }
 
     /// If `*v == expect`: copy `len` bytes from `src` to `dst`, then commit
@@ -573,22 +540,22 @@ impl Thread {
         new: u64,
         guard: *const u64,
     ) -> Outcome {
-        let mut seen = 0;
-        if !self.live() {
-            return Outcome::Aborted;
-        }
-        let area = self.area.as_ptr();
-        // SAFETY: the caller upholds the module contract; `seen` is ours.
-        let attempt = unsafe {
-            dispatch!(
-                memcpy_then_store,
-                id,
-                order,
-                (area, id.value, v, expect, dst, src, len, new, guard, &mut seen)
+        // SAFETY: the caller upholds the module contract.
+        guarded(self.attempt(|area| unsafe {
+            op::memcpy_then_store(
+                id.index, order, area, id.value, v, expect, dst, src, len, new, guard,
             )
-        };
-        guarded(outcome(self.area, attempt, || (), seen))
+        }))
+        .map(drop)
     }
+}
+
+/// Whether the kernel maintains `mm_cid` for this thread (feature size 28
+/// or more). Read when an `mm_cid` is asked for, so that getting a
+/// [`Thread`] costs one thread-local load.
+#[inline(always)]
+fn has_mm_cid() -> bool {
+    registration::feature_size() >= abi::MM_CID_FEATURE_SIZE
 }
 
 /// A guarded operation's outcome: its guard is compare number 1.

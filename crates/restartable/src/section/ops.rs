@@ -205,271 +205,69 @@ pub(crate) unsafe fn counter_attempt(
     }
 }
 
-/// The operations, each selecting its flavour. Arguments and results as in
-/// [`Thread`](super::Thread)'s methods; `seen` receives the value a failed
-/// compare read, `head` the popped head.
-///
-/// # Safety (every function)
-/// `area` is this thread's registered area and the module contract of
-/// [`section`](super) holds for the pointers.
-// The operations' argument lists are the vocabulary's, plus index, order
-// and area.
-#[allow(clippy::too_many_arguments)]
-pub(crate) mod dispatch {
-    use super::*;
+/// One attempt of an operation: what it did, and its output word (the
+/// popped head, or the value a failed compare read).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Raw {
+    pub(crate) attempt: Attempt,
+    pub(crate) out: u64,
+}
 
-    #[inline(always)]
-    fn finish(code: u32, out: &[u64; 1], seen: &mut u64) -> Attempt {
-        let a = decode(code);
-        if let Attempt::CompareFailed(_) = a {
-            *seen = out[0];
+/// Writes, for each operation, the function that runs the flavour
+/// `(index, order)` selects, with the caller's id as the section's `cpu`.
+macro_rules! dispatchers {
+    ($($name:ident [$($flavour:ident),*] ($($arg:ident: $ty:ty),*);)*) => {
+        /// The operations, each selecting its flavour; arguments as in
+        /// [`Thread`](super::Thread)'s methods.
+        ///
+        /// # Safety (every function)
+        /// `area` is this thread's registered area and the module contract
+        /// of [`section`](super) holds for the pointers.
+        // The vocabulary's argument lists, plus index, order, area and id.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) mod dispatch {
+            use super::*;
+            $(
+                #[inline(always)]
+                pub(crate) unsafe fn $name(
+                    index: Index,
+                    order: Order,
+                    area: *const u8,
+                    cpu: u32,
+                    $($arg: $ty),*
+                ) -> Raw {
+                    let mut out = 0u64;
+                    // SAFETY: the caller's contract; `out` is ours.
+                    let code = unsafe {
+                        attempt!(
+                            index,
+                            order,
+                            [$($flavour),*],
+                            (area, &mut out, u64::from(cpu) $(, $arg.to_word())*)
+                        )
+                    };
+                    Raw { attempt: decode(code), out }
+                }
+            )*
         }
-        a
-    }
+    };
+}
 
-    #[inline(always)]
-    pub(crate) unsafe fn compare_store(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        v: *mut u64,
-        expect: u64,
-        new: u64,
-        seen: &mut u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [
-                    compare_store_cr,
-                    compare_store_cl,
-                    compare_store_mr,
-                    compare_store_ml
-                ],
-                (area, o, cpu as u64, v.to_word(), expect, new)
-            )
-        };
-        finish(code, &out, seen)
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn add(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        v: *mut u64,
-        count: u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [add_cr, add_cl, add_mr, add_ml],
-                (area, o, cpu as u64, v.to_word(), count)
-            )
-        };
-        decode(code)
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn pop(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        v: *mut u64,
-        expect_not: u64,
-        offset: usize,
-        guard: *const u64,
-        head: &mut u64,
-        seen: &mut u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [pop_cr, pop_cl, pop_mr, pop_ml],
-                (
-                    area,
-                    o,
-                    cpu as u64,
-                    v.to_word(),
-                    expect_not,
-                    offset.to_word(),
-                    guard.to_word()
-                )
-            )
-        };
-        if code == COMMITTED {
-            *head = out[0];
-        }
-        finish(code, &out, seen)
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn deref_add(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        p: *const u64,
-        offset: usize,
-        count: u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [deref_add_cr, deref_add_cl, deref_add_mr, deref_add_ml],
-                (area, o, cpu as u64, p.to_word(), offset.to_word(), count)
-            )
-        };
-        decode(code)
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn compare2_store(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        v: *mut u64,
-        expect: u64,
-        v2: *const u64,
-        expect2: u64,
-        new: u64,
-        seen: &mut u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [
-                    compare2_store_cr,
-                    compare2_store_cl,
-                    compare2_store_mr,
-                    compare2_store_ml
-                ],
-                (
-                    area,
-                    o,
-                    cpu as u64,
-                    v.to_word(),
-                    expect,
-                    v2.to_word(),
-                    expect2,
-                    new
-                )
-            )
-        };
-        finish(code, &out, seen)
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn store_then_store(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        v: *mut u64,
-        expect: u64,
-        v2: *mut u64,
-        new2: u64,
-        new: u64,
-        guard: *const u64,
-        seen: &mut u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [
-                    store_then_store_cr,
-                    store_then_store_cl,
-                    store_then_store_mr,
-                    store_then_store_ml
-                ],
-                (
-                    area,
-                    o,
-                    cpu as u64,
-                    v.to_word(),
-                    expect,
-                    v2.to_word(),
-                    new2,
-                    new,
-                    guard.to_word()
-                )
-            )
-        };
-        finish(code, &out, seen)
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn memcpy_then_store(
-        index: Index,
-        order: Order,
-        area: *const u8,
-        cpu: u32,
-        v: *mut u64,
-        expect: u64,
-        dst: *mut u8,
-        src: *const u8,
-        len: usize,
-        new: u64,
-        guard: *const u64,
-        seen: &mut u64,
-    ) -> Attempt {
-        let mut out = [0u64; 1];
-        let o = out.as_mut_ptr();
-        // SAFETY: the caller's contract.
-        let code = unsafe {
-            attempt!(
-                index,
-                order,
-                [
-                    memcpy_then_store_cr,
-                    memcpy_then_store_cl,
-                    memcpy_then_store_mr,
-                    memcpy_then_store_ml
-                ],
-                (
-                    area,
-                    o,
-                    cpu as u64,
-                    v.to_word(),
-                    expect,
-                    dst.to_word(),
-                    src.to_word(),
-                    len.to_word(),
-                    new,
-                    guard.to_word()
-                )
-            )
-        };
-        finish(code, &out, seen)
-    }
+dispatchers! {
+    compare_store [compare_store_cr, compare_store_cl, compare_store_mr, compare_store_ml]
+        (v: *mut u64, expect: u64, new: u64);
+    add [add_cr, add_cl, add_mr, add_ml]
+        (v: *mut u64, count: u64);
+    pop [pop_cr, pop_cl, pop_mr, pop_ml]
+        (v: *mut u64, expect_not: u64, offset: usize, guard: *const u64);
+    deref_add [deref_add_cr, deref_add_cl, deref_add_mr, deref_add_ml]
+        (p: *const u64, offset: usize, count: u64);
+    compare2_store [compare2_store_cr, compare2_store_cl, compare2_store_mr, compare2_store_ml]
+        (v: *mut u64, expect: u64, v2: *const u64, expect2: u64, new: u64);
+    store_then_store [store_then_store_cr, store_then_store_cl, store_then_store_mr, store_then_store_ml]
+        (v: *mut u64, expect: u64, v2: *mut u64, new2: u64, new: u64, guard: *const u64);
+    memcpy_then_store [memcpy_then_store_cr, memcpy_then_store_cl, memcpy_then_store_mr, memcpy_then_store_ml]
+        (v: *mut u64, expect: u64, dst: *mut u8, src: *const u8, len: usize, new: u64, guard: *const u64);
 }
 
 #[cfg(all(test, not(miri)))]
