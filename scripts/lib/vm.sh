@@ -539,6 +539,7 @@ vm_verdict() {
         Owner=${owner^}
         check_block "runtime test adopted owner $owner" "test-runtime-$owner" "\\[in-process\\] Registration \\{ owner: $Owner,"
         check_block "sections test ran on the rseq path with owner $owner" "test-sections-$owner" '\[sections\] path=rseq'
+        check_block "abort sweep stopped the section at each instruction, owner $owner" "test-abort_sweep-$owner" '\[abort-sweep\] [a-z0-9_]+: stopped at each of [0-9]+ instructions'
         n=$(grep -cE "^$VM_TAG-STRESS .* want=$owner owners=$owner path=rseq exact=true\$" <<<"$clean" || true)
         if ((n >= 10)); then
             echo "ok:      $n stress runs exact on the rseq path with owner $owner"

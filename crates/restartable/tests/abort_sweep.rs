@@ -4,15 +4,48 @@
 //! the kernel must abort the section: the attempt reports `Aborted`, no
 //! bucket changed, and the retry commits exactly one count.
 //!
-//! The instruction addresses come from single-stepping the same code in a
-//! child that runs it on an area the kernel does not know (so nothing
-//! aborts there); `start_ip` and `post_commit_ip` come from the descriptor
-//! the section stored in that area. x86-64 only: the stop is an `int3`
-//! written over the instruction.
+//! `start_ip` and `post_commit_ip` come from the descriptor the section
+//! stores when it runs on an area the kernel does not know (so nothing
+//! aborts there). The instruction addresses: on x86-64 (variable length)
+//! from single-stepping that run in a child; on aarch64 every 4 bytes of
+//! the section; on riscv64 (which cannot single-step) by decoding each
+//! instruction's length (2 or 4 bytes) from the section's start. The stop
+//! is a breakpoint written over the instruction (`arch` below); on the
+//! fixed-length architectures an instruction the commit path does not run
+//! (a branch out) never stops, and the sweep counts it apart.
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(all(
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ),
+    target_os = "linux"
+))]
 mod sweep {
     use restartable::section::examples::{histogram_add, HISTOGRAM_STRIDE};
+
+    /// What differs between the architectures: the program counter, the
+    /// breakpoint (mask, bits) written over the instruction, and how far
+    /// past it the program counter is when it stops.
+    mod arch {
+        pub fn pc(r: &mut libc::user_regs_struct) -> &mut u64 {
+            #[cfg(target_arch = "x86_64")]
+            return &mut r.rip;
+            #[cfg(not(target_arch = "x86_64"))]
+            return &mut r.pc;
+        }
+        /// `int3` over the first byte; it has executed when it stops.
+        #[cfg(target_arch = "x86_64")]
+        pub const TRAP: (i64, i64, u64) = (0xff, 0xcc, 1);
+        /// `brk #0` over the 4 bytes.
+        #[cfg(target_arch = "aarch64")]
+        pub const TRAP: (i64, i64, u64) = (0xffff_ffff, 0xd420_0000, 0);
+        /// `c.ebreak` over the first 2 bytes (every instruction starts on
+        /// a 2-byte boundary).
+        #[cfg(target_arch = "riscv64")]
+        pub const TRAP: (i64, i64, u64) = (0xffff, 0x9002, 0);
+    }
 
     const BUCKETS_LEN: usize = 64 * HISTOGRAM_STRIDE / 8;
     const SAMPLE: u64 = 37;
@@ -65,13 +98,75 @@ mod sweep {
         // SAFETY: reads the registers of our stopped, traced child.
         unsafe {
             let mut r: libc::user_regs_struct = std::mem::zeroed();
-            assert_eq!(libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut r), 0);
+            let mut v = libc::iovec {
+                iov_base: (&mut r as *mut libc::user_regs_struct).cast(),
+                iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+            };
+            let rc = libc::ptrace(libc::PTRACE_GETREGSET, pid, libc::NT_PRSTATUS, &mut v);
+            assert_eq!(rc, 0, "GETREGSET: {}", std::io::Error::last_os_error());
             r
         }
     }
 
+    fn set_regs(pid: libc::pid_t, mut r: libc::user_regs_struct) {
+        // SAFETY: writes the registers of our stopped, traced child.
+        unsafe {
+            let mut v = libc::iovec {
+                iov_base: (&mut r as *mut libc::user_regs_struct).cast(),
+                iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+            };
+            let rc = libc::ptrace(libc::PTRACE_SETREGSET, pid, libc::NT_PRSTATUS, &mut v);
+            assert_eq!(rc, 0, "SETREGSET: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    /// Runs the section once, here, on the fake area: the descriptor it
+    /// armed (`version`/`flags`, `start_ip`, `post_commit_offset`,
+    /// `abort_ip`).
+    fn descriptor(f: &mut Fixture) -> [u64; 4] {
+        let area = f.fake_area.as_ptr().cast::<u8>();
+        let mut out = [0u64; 1];
+        let code = section(area, &mut out, f.buckets.as_mut_ptr());
+        assert_eq!(
+            code,
+            restartable::__lang::COMMITTED,
+            "the unarmed section did not commit"
+        );
+        let desc_addr = f.fake_area[restartable::abi::OFFSET_RSEQ_CS / 8];
+        assert_ne!(desc_addr, 0, "the section stored no descriptor");
+        // SAFETY: `rseq_cs` holds the address of a 32-byte descriptor in
+        // this binary's `__rseq_cs` section.
+        unsafe { *(desc_addr as *const [u64; 4]) }
+    }
+
+    /// The section's instruction addresses, decoded from its code.
+    #[cfg(not(target_arch = "x86_64"))]
+    fn instructions(f: &mut Fixture) -> (Vec<u64>, [u64; 4]) {
+        let desc = descriptor(f);
+        let (start, end) = (desc[1], desc[1] + desc[2]);
+        let mut ips = Vec::new();
+        let mut ip = start;
+        while ip < end {
+            ips.push(ip);
+            ip += if cfg!(target_arch = "riscv64") {
+                // SAFETY: `ip` is inside this binary's code, which is
+                // readable; 2-byte aligned on riscv64.
+                let low = unsafe { (ip as *const u16).read_volatile() };
+                if low & 3 == 3 {
+                    4
+                } else {
+                    2
+                }
+            } else {
+                4
+            };
+        }
+        (ips, desc)
+    }
+
     /// Runs the section once on the fake area, single-stepped: every
     /// instruction address it executed, and the descriptor it armed.
+    #[cfg(target_arch = "x86_64")]
     fn instructions(f: &mut Fixture) -> (Vec<u64>, [u64; 4]) {
         let base = f.buckets.as_mut_ptr().cast::<u8>();
         let area = f.fake_area.as_ptr().cast::<u8>();
@@ -99,7 +194,7 @@ mod sweep {
                 );
                 break;
             }
-            ips.push(regs(pid).rip);
+            ips.push(*arch::pc(&mut regs(pid)));
             // SAFETY: reads a word of our stopped child's copy of the fake
             // area: the descriptor address the section stores there.
             let word = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, pid, rseq_cs, 0) };
@@ -114,11 +209,20 @@ mod sweep {
         // SAFETY: `rseq_cs` holds the address of a 32-byte descriptor in
         // this binary's `__rseq_cs` section.
         let desc = unsafe { *(desc_addr as *const [u64; 4]) };
+        assert_eq!(
+            desc,
+            descriptor(f),
+            "the two runs armed different descriptors"
+        );
         (ips, desc)
     }
 
+    /// The child ran the section without reaching the breakpoint.
+    const NOT_REACHED: i32 = -1;
+
     /// Stops the section at `ip`, resumes it, and returns the child's
-    /// verdict (0: aborted, nothing published, retry committed once).
+    /// verdict (0: aborted, nothing published, retry committed once), or
+    /// [`NOT_REACHED`].
     fn stop_at(f: &mut Fixture, ip: u64) -> i32 {
         let base = f.buckets.as_mut_ptr();
         let pid = traced_child(|| {
@@ -156,23 +260,29 @@ mod sweep {
             4
         });
         // SAFETY: ptrace on our stopped, traced child: read the word at
-        // `ip`, write it back with an int3 in its first byte, continue.
+        // `ip`, write it back with the breakpoint over the instruction,
+        // continue.
         unsafe {
             *libc::__errno_location() = 0;
             let word = libc::ptrace(libc::PTRACE_PEEKTEXT, pid, ip, 0);
             assert_eq!(*libc::__errno_location(), 0, "peek at {ip:#x}");
-            let trap = (word & !0xff) | 0xcc;
+            let (mask, bits, past) = arch::TRAP;
+            let trap = (word & !mask) | bits;
             assert_eq!(libc::ptrace(libc::PTRACE_POKETEXT, pid, ip, trap), 0);
             assert_eq!(libc::ptrace(libc::PTRACE_CONT, pid, 0, 0), 0);
             let status = wait(pid);
+            if libc::WIFEXITED(status) {
+                // A branch out of the section, not on the commit path.
+                return NOT_REACHED;
+            }
             if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
                 return 100 + libc::WEXITSTATUS(status);
             }
             let mut r = regs(pid);
-            assert_eq!(r.rip, ip + 1, "stopped elsewhere");
+            assert_eq!(*arch::pc(&mut r), ip + past, "stopped elsewhere");
             assert_eq!(libc::ptrace(libc::PTRACE_POKETEXT, pid, ip, word), 0);
-            r.rip = ip;
-            assert_eq!(libc::ptrace(libc::PTRACE_SETREGS, pid, 0, &r), 0);
+            *arch::pc(&mut r) = ip;
+            set_regs(pid, r);
             assert_eq!(libc::ptrace(libc::PTRACE_CONT, pid, 0, 0), 0);
         }
         let status = wait(pid);
@@ -203,14 +313,36 @@ mod sweep {
         let mut unique = inside.clone();
         unique.sort_unstable();
         unique.dedup();
-        assert!(
-            unique.len() >= 5,
-            "too few instructions inside the section: {unique:x?}"
-        );
+        let mut reached = Vec::new();
         for &ip in &unique {
             let verdict = stop_at(&mut f, ip);
+            if verdict == NOT_REACHED && cfg!(not(target_arch = "x86_64")) {
+                continue;
+            }
             assert_eq!(verdict, 0, "stopped at {ip:#x} (start {start:#x}, post-commit {:#x}, abort {abort:#x}): verdict {verdict}", start + len);
+            reached.push(ip);
         }
-        println!("[abort-sweep] stopped at each of {} instructions of the section: each aborted, published nothing, and its retry committed once", unique.len());
+        assert!(
+            reached.len() >= 5,
+            "too few instructions of the section stopped at: {reached:x?} of {unique:x?}"
+        );
+        // The first instruction and the commit (the last one) are on the
+        // commit path: the sweep covers the section end to end.
+        assert_eq!(
+            reached.first(),
+            Some(&start),
+            "the first instruction was not stopped at"
+        );
+        assert_eq!(
+            reached.last(),
+            unique.last(),
+            "the commit was not stopped at"
+        );
+        let reached = reached.len();
+        println!(
+            "[abort-sweep] {}: stopped at each of {reached} instructions of the section ({} not on the commit path): each aborted, published nothing, and its retry committed once",
+            std::env::consts::ARCH,
+            unique.len() - reached
+        );
     }
 }
