@@ -20,6 +20,7 @@
         target_arch = "aarch64",
         target_arch = "riscv64"
     ),
+    target_endian = "little",
     target_os = "linux"
 ))]
 mod sweep {
@@ -102,7 +103,12 @@ mod sweep {
                 iov_base: (&mut r as *mut libc::user_regs_struct).cast(),
                 iov_len: std::mem::size_of::<libc::user_regs_struct>(),
             };
-            let rc = libc::ptrace(libc::PTRACE_GETREGSET, pid, libc::NT_PRSTATUS, &mut v);
+            let rc = libc::ptrace(
+                libc::PTRACE_GETREGSET,
+                pid,
+                libc::NT_PRSTATUS as usize,
+                &mut v,
+            );
             assert_eq!(rc, 0, "GETREGSET: {}", std::io::Error::last_os_error());
             r
         }
@@ -115,7 +121,12 @@ mod sweep {
                 iov_base: (&mut r as *mut libc::user_regs_struct).cast(),
                 iov_len: std::mem::size_of::<libc::user_regs_struct>(),
             };
-            let rc = libc::ptrace(libc::PTRACE_SETREGSET, pid, libc::NT_PRSTATUS, &mut v);
+            let rc = libc::ptrace(
+                libc::PTRACE_SETREGSET,
+                pid,
+                libc::NT_PRSTATUS as usize,
+                &mut v,
+            );
             assert_eq!(rc, 0, "SETREGSET: {}", std::io::Error::last_os_error());
         }
     }
@@ -219,6 +230,8 @@ mod sweep {
 
     /// The child ran the section without reaching the breakpoint.
     const NOT_REACHED: i32 = -1;
+    /// The child's code for a first attempt that did not abort.
+    const RAN_THROUGH: i32 = 1;
 
     /// Stops the section at `ip`, resumes it, and returns the child's
     /// verdict (0: aborted, nothing published, retry committed once), or
@@ -243,7 +256,7 @@ mod sweep {
                 .map(|i| unsafe { base.add(i).read_volatile() })
                 .sum();
             if code != restartable::__lang::ABORTED {
-                return 1;
+                return RAN_THROUGH;
             }
             if after != before {
                 return 2;
@@ -272,11 +285,19 @@ mod sweep {
             assert_eq!(libc::ptrace(libc::PTRACE_CONT, pid, 0, 0), 0);
             let status = wait(pid);
             if libc::WIFEXITED(status) {
-                // A branch out of the section, not on the commit path.
-                return NOT_REACHED;
+                // Ran through without reaching the breakpoint: a branch out
+                // of the section, not on the commit path. Any other verdict
+                // is a failure of its own.
+                return match libc::WEXITSTATUS(status) {
+                    RAN_THROUGH => NOT_REACHED,
+                    code => 100 + code,
+                };
             }
             if !libc::WIFSTOPPED(status) || libc::WSTOPSIG(status) != libc::SIGTRAP {
-                return 100 + libc::WEXITSTATUS(status);
+                // Another signal: end the child, which may still be stopped.
+                libc::kill(pid, libc::SIGKILL);
+                wait(pid);
+                return 200 + libc::WSTOPSIG(status);
             }
             let mut r = regs(pid);
             assert_eq!(*arch::pc(&mut r), ip + past, "stopped elsewhere");
@@ -314,9 +335,11 @@ mod sweep {
         unique.sort_unstable();
         unique.dedup();
         let mut reached = Vec::new();
+        let mut skipped = Vec::new();
         for &ip in &unique {
             let verdict = stop_at(&mut f, ip);
             if verdict == NOT_REACHED && cfg!(not(target_arch = "x86_64")) {
+                skipped.push(ip - start);
                 continue;
             }
             assert_eq!(verdict, 0, "stopped at {ip:#x} (start {start:#x}, post-commit {:#x}, abort {abort:#x}): verdict {verdict}", start + len);
@@ -340,9 +363,9 @@ mod sweep {
         );
         let reached = reached.len();
         println!(
-            "[abort-sweep] {}: stopped at each of {reached} instructions of the section ({} not on the commit path): each aborted, published nothing, and its retry committed once",
+            "[abort-sweep] {}: stopped at each of {reached} instructions of the section ({} not on the commit path, at offsets {skipped:#x?}): each aborted, published nothing, and its retry committed once",
             std::env::consts::ARCH,
-            unique.len() - reached
+            skipped.len()
         );
     }
 }

@@ -22,7 +22,7 @@ pub(crate) enum Attempt {
     Aborted,
     /// The id is out of range (the counter's section only).
     OutOfRange,
-    /// Compare `n` failed; the value seen is in `out[0]`.
+    /// Compare `n` failed; the value seen is the output word ([`Raw::out`]).
     CompareFailed(u8),
 }
 
