@@ -90,10 +90,14 @@ pub const fn class_of(size: usize) -> Option<usize> {
     Some(8 + (k - 7) * 4 + (size - p).div_ceil(step) - 1)
 }
 
-/// The class serving `size` bytes aligned to `align` (a power of two);
-/// `None` when no class can (above [`MAX`] in size or alignment).
+/// The class serving `size` bytes aligned to `align`; `None` when no
+/// class can (above [`MAX`] in size or alignment) or `align` is not a
+/// power of two.
 #[inline]
 pub const fn class_for(size: usize, align: usize) -> Option<usize> {
+    if !align.is_power_of_two() {
+        return None;
+    }
     if align <= 16 {
         return class_of(size);
     }
@@ -198,6 +202,8 @@ mod tests {
             }
         }
         assert_eq!(class_for(16, 1 << 19), None);
+        assert_eq!(class_for(16, 0), None);
+        assert_eq!(class_for(16, 48), None);
     }
 
     #[test]

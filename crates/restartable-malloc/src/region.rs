@@ -53,7 +53,10 @@ impl Entry {
             Entry::Class { class, offset } => {
                 TAG_CLASS << TAG_SHIFT | u32::from(offset) << 8 | u32::from(class)
             }
-            Entry::Large { spans } => TAG_LARGE << TAG_SHIFT | (spans & MAX_LARGE_SPANS),
+            Entry::Large { spans } => {
+                debug_assert!((1..=MAX_LARGE_SPANS).contains(&spans), "{spans} spans");
+                TAG_LARGE << TAG_SHIFT | (spans & MAX_LARGE_SPANS)
+            }
             Entry::LargeTail => TAG_TAIL << TAG_SHIFT,
         }
     }
@@ -149,7 +152,8 @@ impl Region {
     ///
     /// # Errors
     /// [`Error::BadLength`] for `n == 0`; [`Error::Full`] when the range has
-    /// no room; [`Error::Map`] when the kernel refuses the access change.
+    /// no room; [`Error::Map`] when the kernel refuses the access change
+    /// (the run's spans then stay counted as used, and are lost).
     pub fn take(&self, n: usize, entry: impl Fn(usize) -> Entry) -> Result<usize, Error> {
         if n == 0 {
             return Err(Error::BadLength);
@@ -198,10 +202,13 @@ impl Region {
     }
 
     /// The first address of the run holding `addr`, whose entry says it is
-    /// a class's span (found from the span's offset in its run).
+    /// span `offset` of a class's run; `None` when `offset` does not fit
+    /// (an entry that does not belong to `addr`).
     #[inline]
-    pub fn run_start(&self, addr: usize, offset: u8) -> usize {
-        (addr & !(SPAN - 1)) - usize::from(offset) * SPAN
+    pub fn run_start(&self, addr: usize, offset: u8) -> Option<usize> {
+        (addr & !(SPAN - 1))
+            .checked_sub(usize::from(offset) * SPAN)
+            .filter(|&start| start >= self.base)
     }
 
     fn slot(&self, span: usize) -> &AtomicU32 {
@@ -214,8 +221,9 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: the mappings `reserve` made; nothing uses them after the
-        // region is gone (its objects borrowed it).
+        // SAFETY: the mappings `reserve` made. Addresses that `take` handed
+        // out are plain numbers: whoever dereferences one promises, in its
+        // own `unsafe`, that the region is still alive.
         unsafe {
             libc::munmap(self.table as *mut libc::c_void, self.spans * 4);
             libc::munmap(self.raw.0 as *mut libc::c_void, self.raw.1);
@@ -308,8 +316,13 @@ mod tests {
             };
             assert_eq!(class, 5);
             assert_eq!(offset as usize, off / SPAN);
-            assert_eq!(r.run_start(a + off, offset), a);
+            assert_eq!(r.run_start(a + off, offset), Some(a));
         }
+        assert_eq!(
+            r.run_start(a, 1),
+            None,
+            "a first span has no span before it"
+        );
         assert_eq!(r.lookup(b + 5), Some(Entry::Large { spans: 2 }));
         assert_eq!(r.lookup(b + SPAN + 5), Some(Entry::LargeTail));
         assert_eq!(r.lookup(b + 2 * SPAN), Some(Entry::Unused));
@@ -330,9 +343,19 @@ mod tests {
         assert_eq!(r.take(1, |_| Entry::LargeTail), Err(Error::Full));
     }
 
+    /// Resident memory of this process, in bytes (`/proc/self/statm`).
+    fn resident() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+    }
+
     #[test]
     fn a_large_reservation_costs_no_memory() {
         // 64 GiB of address space, as the allocator reserves by default.
+        // Other tests run meanwhile and touch a few MiB at the most.
+        let before = resident();
         let r = Region::reserve(64 << 12).unwrap();
         assert_eq!(r.spans(), 1 << 18);
         let a = r
@@ -350,5 +373,42 @@ mod tests {
                 offset: 0
             })
         );
+        let grown = resident().saturating_sub(before);
+        assert!(
+            grown < 64 << 20,
+            "reserving 64 GiB made {grown} bytes resident"
+        );
+    }
+
+    #[test]
+    fn threads_taking_runs_at_once_get_disjoint_ones() {
+        let r = Region::reserve(256).unwrap();
+        let class = |k: usize| Entry::Class {
+            class: 1,
+            offset: k as u8,
+        };
+        let mut runs: Vec<usize> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..32)
+                            .map(|_| r.take(2, class).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        runs.sort_unstable();
+        for w in runs.windows(2) {
+            assert!(
+                w[1] - w[0] >= 2 * SPAN,
+                "runs {:#x} and {:#x} overlap",
+                w[0],
+                w[1]
+            );
+        }
+        assert_eq!(runs.len(), 128);
+        assert_eq!(r.take(1, |_| Entry::LargeTail), Err(Error::Full));
     }
 }

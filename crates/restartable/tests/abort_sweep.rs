@@ -363,9 +363,10 @@ mod sweep {
         );
         let reached = reached.len();
         println!(
-            "[abort-sweep] {}: stopped at each of {reached} instructions of the section ({} not on the commit path, at offsets {skipped:#x?}): each aborted, published nothing, and its retry committed once",
+            "[abort-sweep] {}: stopped at each of {reached} instructions of the section ({} not on the commit path{}): each aborted, published nothing, and its retry committed once",
             std::env::consts::ARCH,
-            skipped.len()
+            skipped.len(),
+            if skipped.is_empty() { String::new() } else { format!(", at offsets {skipped:#x?}") }
         );
     }
 }
