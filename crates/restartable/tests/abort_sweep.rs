@@ -285,11 +285,12 @@ mod sweep {
             assert_eq!(libc::ptrace(libc::PTRACE_CONT, pid, 0, 0), 0);
             let status = wait(pid);
             if libc::WIFEXITED(status) {
-                // Ran through without reaching the breakpoint: a branch out
-                // of the section, not on the commit path. Any other verdict
-                // is a failure of its own.
+                // Finished without reaching the breakpoint: a branch out of
+                // the section, not on the commit path (the first attempt
+                // committed, or aborted by itself, a preemption, and its
+                // retry committed). Any other verdict is a failure.
                 return match libc::WEXITSTATUS(status) {
-                    RAN_THROUGH => NOT_REACHED,
+                    RAN_THROUGH | 0 => NOT_REACHED,
                     code => 100 + code,
                 };
             }
