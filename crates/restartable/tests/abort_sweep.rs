@@ -95,40 +95,35 @@ mod sweep {
         pid
     }
 
+    /// `PTRACE_GETREGSET` (or, with `set`, `PTRACE_SETREGSET`) of the
+    /// general registers. (The request's type differs between glibc and
+    /// musl, so it is chosen here.)
+    fn regset(pid: libc::pid_t, set: bool, r: &mut libc::user_regs_struct) {
+        let mut v = libc::iovec {
+            iov_base: (r as *mut libc::user_regs_struct).cast(),
+            iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+        };
+        let request = if set {
+            libc::PTRACE_SETREGSET
+        } else {
+            libc::PTRACE_GETREGSET
+        };
+        // SAFETY: reads or writes the registers of our stopped, traced
+        // child, through an iovec over `r`.
+        let rc = unsafe { libc::ptrace(request, pid, libc::NT_PRSTATUS as usize, &mut v) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(rc, 0, "ptrace regset (set: {set}): {e}");
+    }
+
     fn regs(pid: libc::pid_t) -> libc::user_regs_struct {
-        // SAFETY: reads the registers of our stopped, traced child.
-        unsafe {
-            let mut r: libc::user_regs_struct = std::mem::zeroed();
-            let mut v = libc::iovec {
-                iov_base: (&mut r as *mut libc::user_regs_struct).cast(),
-                iov_len: std::mem::size_of::<libc::user_regs_struct>(),
-            };
-            let rc = libc::ptrace(
-                libc::PTRACE_GETREGSET,
-                pid,
-                libc::NT_PRSTATUS as usize,
-                &mut v,
-            );
-            assert_eq!(rc, 0, "GETREGSET: {}", std::io::Error::last_os_error());
-            r
-        }
+        // SAFETY: all-zero is a valid user_regs_struct (plain integers).
+        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        regset(pid, false, &mut r);
+        r
     }
 
     fn set_regs(pid: libc::pid_t, mut r: libc::user_regs_struct) {
-        // SAFETY: writes the registers of our stopped, traced child.
-        unsafe {
-            let mut v = libc::iovec {
-                iov_base: (&mut r as *mut libc::user_regs_struct).cast(),
-                iov_len: std::mem::size_of::<libc::user_regs_struct>(),
-            };
-            let rc = libc::ptrace(
-                libc::PTRACE_SETREGSET,
-                pid,
-                libc::NT_PRSTATUS as usize,
-                &mut v,
-            );
-            assert_eq!(rc, 0, "SETREGSET: {}", std::io::Error::last_os_error());
-        }
+        regset(pid, true, &mut r);
     }
 
     /// Runs the section once, here, on the fake area: the descriptor it
