@@ -26,6 +26,13 @@ struct Info {
     kernel_feature_size: Option<u32>,
     kernel_align: Option<u32>,
     disabled_by_user: bool,
+    /// The command's global allocator: "restartable-malloc", or "system"
+    /// (RESTARTABLE_CLI_ALLOCATOR=system).
+    allocator: &'static str,
+    /// restartable-malloc's path for this thread ("rseq" or "fallback").
+    allocator_path: &'static str,
+    /// What its per-CPU caches are indexed by ("cpu_id").
+    allocator_index: &'static str,
 }
 
 fn gather() -> Info {
@@ -58,6 +65,9 @@ fn gather() -> Info {
         kernel_feature_size: process.kernel_feature_size,
         kernel_align: process.kernel_align,
         disabled_by_user: process.disabled_by_user,
+        allocator: crate::allocator::name(),
+        allocator_path: restartable_malloc::path(),
+        allocator_index: restartable_malloc::INDEX,
     }
 }
 
@@ -152,5 +162,16 @@ pub fn run(json: bool) -> Result<(), String> {
         yes_no(info.membarrier_rseq)
     );
     println!("fence method        {}", info.fence);
+    if info.allocator == "system" {
+        println!(
+            "allocator           the C library's malloc ({}=system)",
+            crate::allocator::ENV
+        );
+    } else {
+        println!(
+            "allocator           restartable-malloc (this command's own): {} path, per-CPU caches indexed by {}",
+            info.allocator_path, info.allocator_index
+        );
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `restartable`: what this machine offers for rseq, stress tests of the
 //! per-CPU operations, and benchmarks against the alternatives.
 
+mod allocator;
 mod bench;
 mod cpus;
 mod info;
@@ -12,6 +13,11 @@ mod stress;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+/// The command runs on the project's own allocator, so every stress run and
+/// benchmark exercises it too (`RESTARTABLE_CLI_ALLOCATOR=system`: glibc's).
+#[global_allocator]
+static GLOBAL: allocator::Chosen = allocator::Chosen;
 
 #[derive(Parser)]
 #[command(

@@ -114,6 +114,56 @@ pub const fn class_for(size: usize, align: usize) -> Option<usize> {
     Some(c)
 }
 
+/// How to test divisibility by a class size without dividing: the
+/// size's power of two (a shift), the inverse of its odd part modulo 2^64,
+/// and the largest quotient (`u64::MAX / odd`).
+#[derive(Clone, Copy)]
+struct Divisor {
+    shift: u32,
+    inverse: u64,
+    limit: u64,
+}
+
+const DIVISORS: [Divisor; COUNT] = divisors();
+
+const fn divisors() -> [Divisor; COUNT] {
+    let mut d = [Divisor {
+        shift: 0,
+        inverse: 0,
+        limit: 0,
+    }; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        let size = SIZES[c] as u64;
+        let shift = size.trailing_zeros();
+        let odd = size >> shift;
+        // Newton's iteration doubles the correct low bits each step:
+        // 3 bits from `odd` itself (odd * odd = 1 mod 8), 6 steps to 64.
+        let mut inverse = odd;
+        let mut k = 0;
+        while k < 6 {
+            inverse = inverse.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inverse)));
+            k += 1;
+        }
+        d[c] = Divisor {
+            shift,
+            inverse,
+            limit: u64::MAX / odd,
+        };
+        c += 1;
+    }
+    d
+}
+
+/// Whether `offset` is a multiple of class `class`'s size: an object's
+/// start in its run. A shift, a multiplication and two comparisons.
+#[inline]
+pub const fn divides(class: usize, offset: usize) -> bool {
+    let d = DIVISORS[class];
+    let x = offset as u64;
+    x & ((1 << d.shift) - 1) == 0 && (x >> d.shift).wrapping_mul(d.inverse) <= d.limit
+}
+
 /// Bytes of an object of class `class`.
 #[inline]
 pub const fn size(class: usize) -> usize {
@@ -204,6 +254,20 @@ mod tests {
         assert_eq!(class_for(16, 1 << 19), None);
         assert_eq!(class_for(16, 0), None);
         assert_eq!(class_for(16, 48), None);
+    }
+
+    #[test]
+    fn divisibility_matches_the_remainder() {
+        for c in 0..COUNT {
+            let run = run_spans(c) * SPAN;
+            for offset in (0..run).step_by(8).chain([usize::MAX - 15, 1 << 40]) {
+                assert_eq!(
+                    divides(c, offset),
+                    offset % size(c) == 0,
+                    "class {c} offset {offset}"
+                );
+            }
+        }
     }
 
     #[test]

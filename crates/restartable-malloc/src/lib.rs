@@ -1,10 +1,111 @@
-//! A per-CPU memory allocator on restartable sequences: the project's
-//! flagship, being built in slices (`docs/allocator.md`).
+//! A per-CPU memory allocator on restartable sequences.
 //!
-//! This first slice holds the parts every later one stands on: the size
-//! classes ([`classes`]), and the reserved address range with its span
-//! table ([`region`]), which is how a `free` finds an object's class
-//! without a header in front of the object. There is no `GlobalAlloc` yet.
+//! Select it for a Rust program with one line:
+//!
+//! ```
+//! use restartable_malloc::RestartableMalloc;
+//!
+//! #[global_allocator]
+//! static GLOBAL: RestartableMalloc = RestartableMalloc;
+//!
+//! let v: Vec<u64> = (0..1000).collect();
+//! assert_eq!(v.iter().sum::<u64>(), 499_500);
+//! ```
+//!
+//! Small objects (up to 256 KiB, in 52 size classes) come from a cache per
+//! CPU, taken from and put back with one critical section each: no lock
+//! and no atomic read-modify-write, whichever thread frees the object.
+//! Caches refill from, and flush to, one central list per class in
+//! batches. Larger requests take whole 256 KiB spans, returned to the
+//! system (`madvise(MADV_DONTNEED)`) as soon as they are freed. `free`
+//! finds an object's class in a table indexed by its address, so small
+//! objects have no header.
+//!
+//! Without rseq (a sandbox that refuses it, valgrind,
+//! `RESTARTABLE_DISABLE=1`) the same caches are used under a per-CPU,
+//! per-class guard word: one compare-exchange and one store per call.
+//!
+//! A pointer the allocator never handed out (outside its range, in a free
+//! span, or not the start of an object) stops the process with a message
+//! naming the address. Design and status: `docs/allocator.md`.
+//!
+//! Layers, each using only those above it: [`classes`] (size classes),
+//! [`region`] (the address range and its span table), [`lock`],
+//! [`spans`] (runs of spans, reused), [`central`] (the central lists),
+//! [`cache`] (the per-CPU caches and their sections), [`heap`] (all of it,
+//! and the process's one heap), [`tunables`].
 
+use core::alloc::{GlobalAlloc, Layout};
+
+pub mod cache;
+pub mod central;
 pub mod classes;
+pub mod heap;
+pub mod lock;
 pub mod region;
+pub mod spans;
+mod stats;
+pub mod tunables;
+
+pub use stats::{stats, ClassStats, Stats};
+
+/// Which path the calling thread's allocations take: `"rseq"` (the
+/// per-CPU caches through critical sections) or `"fallback"` (the same
+/// caches under their guard words: no rseq for this thread).
+pub fn path() -> &'static str {
+    if restartable::section::Thread::current().is_some() {
+        "rseq"
+    } else {
+        "fallback"
+    }
+}
+
+/// What the per-CPU caches are indexed by: `"cpu_id"` (the CPU number;
+/// indexing by `mm_cid` is not built yet).
+pub const INDEX: &str = "cpu_id";
+
+/// The allocator, for `#[global_allocator]`. It holds nothing: the heap
+/// is process-wide and set up at the first call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestartableMalloc;
+
+// SAFETY: every method forwards to the process's heap, which returns
+// memory of at least the layout's size and alignment, never handed out
+// twice while live, or null; `dealloc` and `realloc` receive only pointers
+// it returned (the caller's contract).
+unsafe impl GlobalAlloc for RestartableMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match heap::heap() {
+            Some(h) => h.alloc(layout.size(), layout.align()),
+            None => core::ptr::null_mut(),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // A pointer exists only if the heap was set up.
+        if let Some(h) = heap::heap() {
+            // SAFETY: `ptr` came from this allocator and is live (the
+            // caller's contract).
+            unsafe { h.free(ptr) };
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match heap::heap() {
+            Some(h) => h.alloc_zeroed(layout.size(), layout.align()),
+            None => core::ptr::null_mut(),
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        match heap::heap() {
+            // SAFETY: as for `dealloc`.
+            Some(h) => unsafe { h.realloc(ptr, layout.align(), new_size) },
+            None => core::ptr::null_mut(),
+        }
+    }
+}

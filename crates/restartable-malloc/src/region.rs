@@ -94,7 +94,7 @@ pub struct Region {
     base: usize,
     spans: usize,
     table: *const AtomicU32,
-    /// Spans handed out so far, from the start (runs are not reused yet).
+    /// Spans handed out so far, from the start.
     used: AtomicUsize,
 }
 
@@ -146,6 +146,12 @@ impl Region {
         self.spans
     }
 
+    /// Spans handed out so far from the range's start (given-back runs are
+    /// reused through [`Spans`](crate::spans::Spans), so this only grows).
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// Hands out a run of `n` spans, readable and writable, with every
     /// span's entry set by `entry(k)` for its `k`-th span: the run's
     /// address.
@@ -193,12 +199,36 @@ impl Region {
         Ok(addr)
     }
 
+    /// Sets the entries of the `n` spans from `addr` (a run handed out
+    /// before, being reused or given back) to `entry(k)` for the `k`-th.
+    pub fn mark(&self, addr: usize, n: usize, entry: impl Fn(usize) -> Entry) {
+        let first = (addr - self.base) >> SPAN_SHIFT;
+        debug_assert!(first + n <= self.spans);
+        for k in 0..n {
+            self.slot(first + k)
+                .store(entry(k).encode(), Ordering::Release);
+        }
+    }
+
     /// The entry of the span holding `addr`; `None` outside the range.
     #[inline]
     pub fn lookup(&self, addr: usize) -> Option<Entry> {
         let off = addr.checked_sub(self.base)?;
         let span = off >> SPAN_SHIFT;
         (span < self.spans).then(|| Entry::decode(self.slot(span).load(Ordering::Acquire)))
+    }
+
+    /// The class and span offset of `addr` when its span holds small
+    /// objects ([`Entry::Class`]): `free`'s fast path, one test of the tag
+    /// rather than a decode.
+    #[inline(always)]
+    pub fn small(&self, addr: usize) -> Option<(u8, u8)> {
+        let span = addr.wrapping_sub(self.base) >> SPAN_SHIFT;
+        if span >= self.spans {
+            return None;
+        }
+        let word = self.slot(span).load(Ordering::Acquire);
+        (word >> TAG_SHIFT == TAG_CLASS).then_some((word as u8, (word >> 8) as u8))
     }
 
     /// The first address of the run holding `addr`, whose entry says it is

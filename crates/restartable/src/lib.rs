@@ -84,6 +84,13 @@ mod runtime;
 pub mod section;
 mod structures;
 
+/// The guard protocol, for per-CPU data of your own that your sections
+/// share with code that cannot run a section on it (no rseq, another CPU's
+/// data, a fallback path): [`Guard`](guard::Guard).
+pub mod guard {
+    pub use crate::structures::{Guard, Reach, Refused};
+}
+
 pub use arch::inject;
 /// Writes a critical section once, in the section language, for every
 /// architecture: see [`section::language`].

@@ -2,6 +2,7 @@
 //! the alternatives people use in the same run, at 1, N and 4N threads,
 //! and reports ratios against the baselines measured there.
 
+mod alloc;
 mod counter;
 mod harness;
 mod ops;
@@ -15,6 +16,8 @@ pub use harness::{MAX_OPS, MAX_THREADS};
 
 #[derive(Subcommand)]
 pub enum What {
+    /// The per-CPU allocator against the C library's malloc and mimalloc.
+    Alloc(AllocArgs),
     /// `Counter` against a shared atomic, per-CPU atomics and a thread-local.
     Counter(CounterArgs),
     /// Each critical section against its nearest atomic or mutex equivalent.
@@ -42,6 +45,18 @@ pub struct RunArgs {
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct AllocArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Allocators to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    allocators: Vec<alloc::Allocator>,
+    /// Workloads to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<alloc::Work>,
 }
 
 #[derive(Args)]
@@ -82,6 +97,11 @@ pub struct StructuresArgs {
 
 pub fn run(what: What) -> Result<(), String> {
     match what {
+        What::Alloc(args) => alloc::run(
+            &args.run,
+            harness::unique(args.allocators),
+            harness::unique(args.workloads),
+        ),
         What::Counter(args) => counter::run(&args.run, harness::unique(args.variants)),
         What::Ops(args) => ops::run(&args.run, harness::unique(args.variants)),
         What::Structures(args) => structures::run(

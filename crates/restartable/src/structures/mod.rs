@@ -20,6 +20,7 @@ mod stack;
 
 pub use buffer::{Buffer, Full};
 pub use counter::Counter;
+pub use kit::guard::{Guard, Reach, Refused};
 pub use percpu::{PerCpu, PerCpuGuard};
 pub use percpu_u64::PerCpuU64;
 pub use pool::{Pool, Pooled};

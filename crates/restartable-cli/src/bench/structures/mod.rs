@@ -261,9 +261,20 @@ pub fn run(
     path: Path,
     plot: Option<PathBuf>,
 ) -> Result<(), String> {
-    if path == Path::Fallback {
-        // Before the library's first use in this process, which reads it.
-        std::env::set_var(restartable::DISABLE_ENV, "1");
+    if path == Path::Fallback && !restartable::process_info().disabled_by_user {
+        // The library reads the variable at its first use, which came
+        // before main (this command's allocator runs on it): start again
+        // with it set.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(restartable::DISABLE_ENV, "1")
+            .exec();
+        return Err(format!(
+            "cannot restart with {}=1: {err}",
+            restartable::DISABLE_ENV
+        ));
     }
     if let Some(path) = &plot {
         // Fail before the runs, not after them, if the chart cannot be

@@ -1,7 +1,7 @@
-//! [`Guarded`]: per-CPU data with a guard word, and the guard protocol by
-//! which a thread that cannot run a critical section on the data (it has no
-//! rseq, the data is another CPU's, or its sections kept aborting) gets
-//! exclusive use of it anyway.
+//! [`Guard`]: the guard word and its protocol, by which a thread that
+//! cannot run a critical section on some per-CPU data (it has no rseq, the
+//! data is another CPU's, or its sections kept aborting) gets exclusive use
+//! of it anyway; [`Guarded`]: per-CPU data with its guard.
 //!
 //! Every section on guarded data reads the guard first (acquire) and stays
 //! out unless it is 0 ([`Outcome::Guarded`](crate::section::Outcome)). A
@@ -40,7 +40,7 @@ pub(crate) use crate::runtime::token::{is_mine, orphaned, token, wait_for_holder
 
 /// Which CPUs may run sections on the guarded data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reach {
+pub enum Reach {
     /// Only CPU `n` (data indexed by CPU number).
     Cpu(usize),
     /// Any CPU (data indexed by `mm_cid`, which moves between CPUs).
@@ -49,7 +49,7 @@ pub(crate) enum Reach {
 
 /// Why the guard protocol did not run its closure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     /// The calling thread holds this guard already (an outer frame of it
     /// does: a nested call, or the code a signal handler interrupted).
     Mine,
@@ -62,42 +62,55 @@ pub(crate) enum Refused {
     Fence(fence::FenceError),
 }
 
-/// Data of one CPU (or concurrency id) with its guard word.
-#[repr(C)]
-pub(crate) struct Guarded<T> {
-    /// 0, or the token of the thread working on `data` without a section.
-    guard: AtomicU64,
-    data: T,
+/// A guard word (8 bytes, 0 when free) and its protocol, for per-CPU data
+/// that critical sections also work on. Every section on the data loads the
+/// word (acquire) first and leaves through an exit unless it is 0; code
+/// without a section calls [`hold`](Self::hold), which takes the word,
+/// fences the CPUs in [`Reach`], runs its closure and releases the word.
+///
+/// A `Guard` is an `AtomicU64` underneath (`repr(transparent)`), so it may
+/// live inside memory the caller lays out for its sections: any 8-aligned,
+/// zeroed word is a free guard.
+#[repr(transparent)]
+#[derive(Debug, Default)]
+pub struct Guard {
+    /// 0, or the token of the thread working on the data without a section.
+    word: AtomicU64,
 }
 
-impl<T> Guarded<T> {
-    pub(crate) const fn new(data: T) -> Self {
-        Guarded {
-            guard: AtomicU64::new(0),
-            data,
+impl Guard {
+    /// A free guard.
+    pub const fn new() -> Self {
+        Guard {
+            word: AtomicU64::new(0),
         }
     }
 
-    /// The guard word, for the guarded sections to check.
+    /// The word a section loads (acquire) before it touches the data.
     #[inline(always)]
-    pub(crate) fn guard_ptr(&self) -> *const u64 {
-        self.guard.as_ptr()
+    pub fn as_ptr(&self) -> *const u64 {
+        self.word.as_ptr()
     }
 
-    /// Holds the guard, fences `reach`, runs `f` on the data, and releases
-    /// the guard (also when `f` panics). Waits while another thread of this
-    /// process holds the guard, unless this thread holds a guard already;
-    /// takes over one that `fork` left behind.
+    /// Holds the guard, fences `reach` (where any thread of the process
+    /// runs sections), runs `f`, and releases the guard (also when `f`
+    /// panics). Waits, yielding, while another thread of this process
+    /// holds the guard, unless this thread holds a guard already; takes
+    /// over one that `fork` left behind. Never blocks a signal and makes no
+    /// system call but the fence; in a process where no thread runs
+    /// sections, one compare-exchange and one store.
     ///
     /// # Errors
-    /// [`Refused::Mine`] at once when this thread holds the guard already;
+    /// [`Refused::Mine`] at once when this thread holds this guard already
+    /// (an outer frame, or the code a signal handler interrupted);
     /// [`Refused::Busy`] at once when another thread holds it and this
-    /// thread holds another guard; [`Refused::Fence`] when no fence can be
-    /// made (the guard is released again).
+    /// thread holds another guard (waiting could close a cycle);
+    /// [`Refused::Fence`] when no fence can be made (the guard is released
+    /// again).
     #[inline(always)]
-    pub(crate) fn hold<R>(&self, reach: Reach, f: impl FnOnce(&T) -> R) -> Result<R, Refused> {
+    pub fn hold<R>(&self, reach: Reach, f: impl FnOnce() -> R) -> Result<R, Refused> {
         let _held = self.enter(reach)?;
-        Ok(f(&self.data))
+        Ok(f())
     }
 
     /// [`hold`](Self::hold) for a fallback path, which has no other way to
@@ -108,14 +121,10 @@ impl<T> Guarded<T> {
     /// [`Refused::Mine`] or [`Refused::Busy`], as for [`hold`](Self::hold);
     /// never [`Refused::Fence`].
     #[inline(always)]
-    pub(crate) fn hold_waiting<R>(
-        &self,
-        reach: Reach,
-        f: impl FnOnce(&T) -> R,
-    ) -> Result<R, Refused> {
+    pub fn hold_waiting<R>(&self, reach: Reach, f: impl FnOnce() -> R) -> Result<R, Refused> {
         loop {
             match self.enter(reach) {
-                Ok(_held) => return Ok(f(&self.data)),
+                Ok(_held) => return Ok(f()),
                 Err(Refused::Fence(_)) => std::thread::yield_now(),
                 Err(other) => return Err(other),
             }
@@ -133,15 +142,15 @@ impl<T> Guarded<T> {
         let me = token();
         // SeqCst, with the SeqCst load in `sections_in_process`: see there.
         if let Err(seen) = self
-            .guard
+            .word
             .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
         {
-            if let Err(refused) = acquire_slow(&self.guard, me, seen, outer == 0) {
+            if let Err(refused) = acquire_slow(&self.word, me, seen, outer == 0) {
                 HOLDING.set(HOLDING.get() - 1);
                 return Err(refused);
             }
         }
-        let held = Release(&self.guard);
+        let held = Release(&self.word);
         if registration::sections_in_process() {
             let fenced = match reach {
                 Reach::Cpu(cpu) => fence::fence_cpu(cpu),
@@ -152,6 +161,50 @@ impl<T> Guarded<T> {
         // Pairs with the release commits of sections fenced out just now.
         core::sync::atomic::fence(Ordering::Acquire);
         Ok(held)
+    }
+}
+
+/// Data of one CPU (or concurrency id) with its guard word.
+#[repr(C)]
+pub(crate) struct Guarded<T> {
+    guard: Guard,
+    data: T,
+}
+
+impl<T> Guarded<T> {
+    pub(crate) const fn new(data: T) -> Self {
+        Guarded {
+            guard: Guard::new(),
+            data,
+        }
+    }
+
+    /// The guard word, for the guarded sections to check.
+    #[inline(always)]
+    pub(crate) fn guard_ptr(&self) -> *const u64 {
+        self.guard.as_ptr()
+    }
+
+    /// [`Guard::hold`] on the data.
+    ///
+    /// # Errors
+    /// As for [`Guard::hold`].
+    #[inline(always)]
+    pub(crate) fn hold<R>(&self, reach: Reach, f: impl FnOnce(&T) -> R) -> Result<R, Refused> {
+        self.guard.hold(reach, || f(&self.data))
+    }
+
+    /// [`Guard::hold_waiting`] on the data.
+    ///
+    /// # Errors
+    /// As for [`Guard::hold_waiting`].
+    #[inline(always)]
+    pub(crate) fn hold_waiting<R>(
+        &self,
+        reach: Reach,
+        f: impl FnOnce(&T) -> R,
+    ) -> Result<R, Refused> {
+        self.guard.hold_waiting(reach, || f(&self.data))
     }
 }
 

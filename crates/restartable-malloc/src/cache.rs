@@ -1,0 +1,356 @@
+//! [`Caches`]: one cache of free objects per CPU and size class, taken
+//! from and put back with one critical section each: no lock and no atomic
+//! read-modify-write, whichever thread allocated the object.
+//!
+//! Each CPU has a block of [`STRIDE`] bytes, in one mapping touched page
+//! by page as CPUs use it, holding one 512-byte cache per class at
+//! `512 * class`:
+//!
+//! | offset in a cache | what |
+//! |---|---|
+//! | 0 | the cache's [`Guard`] (0 when free) |
+//! | 8 | the count of cached objects |
+//! | 16 | [`SLOTS`] slots: object addresses, `slot[..count]` cached |
+//!
+//! A section is handed the address of its class's cache in CPU 0's block,
+//! `caches`, and finds the current CPU's at `caches + (cpu << 15)`.
+//!
+//! The sections ([`pop`], [`push`], and the batch forms [`pop_many`],
+//! [`push_many`]) are written in the section language
+//! (`restartable::section!`), so they exist for x86-64, aarch64 and
+//! riscv64 and are checked by the model checker (`tests/model.rs`). A
+//! thread without rseq runs the same bodies as plain Rust (their twins)
+//! under the CPU's guard; a section that finds the guard set leaves, and
+//! the caller goes to the central list instead.
+//!
+//! Only a commit proves that a pop took an object: nothing here trusts a
+//! CPU id read outside a section.
+
+use restartable::guard::{Guard, Reach};
+use restartable::section::{RetriesExhausted, Run, Thread};
+
+use crate::region::Error;
+
+/// Bytes of one CPU's block.
+pub const STRIDE: usize = 1 << 15;
+/// Bytes of one class's cache.
+const CACHE: usize = 512;
+/// Slots per cache: no class caches more objects than this per CPU.
+pub const SLOTS: usize = 62;
+const COUNT: usize = 8;
+const _: () = assert!(CACHE * crate::classes::COUNT <= STRIDE);
+const _: () = assert!(16 + SLOTS * 8 == CACHE);
+
+restartable::section! {
+    /// Takes the newest object from the current CPU's cache of a class
+    /// (`caches`: that class's cache in CPU 0's block).
+    ///
+    /// Specification, on the cache `b` of the current CPU `c`:
+    /// - `c >= ncpus`: `Exit(OutOfRange)`;
+    /// - `b.guard != held`: `Exit(Guarded(b.guard))`;
+    /// - `b.count == 0`: `Exit(Empty)`;
+    /// - else `b.count -= 1` and the section returns `b.slot[b.count]`
+    ///   (the new count's slot).
+    ///
+    /// `held` is 0 on the rseq path and the caller's guard token on the
+    /// fallback path, which holds the guard.
+    #[index(cpu_id)]
+    #[exits(OutOfRange, Guarded(u64), Empty)]
+    pub unsafe fn pop(caches: *mut u8, ncpus: u64, held: u64) -> u64 {
+        let cpu = current_id();
+        if cpu >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (cpu << 15);
+        let guard = load_acquire64(cache);
+        if guard != held { exit!(Guarded(guard)) }
+        let count = load64(cache + 8);
+        if count == 0 { exit!(Empty) }
+        let object = load64(cache + 8 + (count << 3));
+        commit!(store64(cache + 8, count - 1));
+        object
+    }
+}
+
+restartable::section! {
+    /// Puts `object` in the current CPU's cache of a class, unless it
+    /// holds `cap` objects already.
+    ///
+    /// Specification: `Exit(OutOfRange)` and `Exit(Guarded(g))` as for
+    /// [`pop`]; `b.count >= cap`: `Exit(Full)`; else
+    /// `b.slot[b.count] = object`, `b.count += 1`.
+    /// The slot is stored first, speculatively: it lies above the count,
+    /// where nothing reads until the commit moves the count past it.
+    #[index(cpu_id)]
+    #[exits(OutOfRange, Guarded(u64), Full)]
+    #[owned(slot)]
+    pub unsafe fn push(caches: *mut u8, ncpus: u64, held: u64, cap: u64, object: u64) {
+        let cpu = current_id();
+        if cpu >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (cpu << 15);
+        let guard = load_acquire64(cache);
+        if guard != held { exit!(Guarded(guard)) }
+        let count = load64(cache + 8);
+        if count >= cap { exit!(Full) }
+        let slot = cache + 16 + (count << 3);
+        store64(slot, object);
+        commit!(store64(cache + 8, count + 1));
+    }
+}
+
+restartable::section! {
+    /// Takes the `n` newest objects from the current CPU's cache of a
+    /// class into `out` (`n` words), the oldest of them first.
+    ///
+    /// Specification: `Exit(OutOfRange)` and `Exit(Guarded(g))` as for
+    /// [`pop`]; `b.count < n`: `Exit(Short(b.count))`; else
+    /// `out[..n] = b.slot[count - n..count]`, `b.count -= n`.
+    #[index(cpu_id)]
+    #[exits(OutOfRange, Guarded(u64), Short(u64))]
+    #[owned(out)]
+    pub unsafe fn pop_many(caches: *mut u8, ncpus: u64, held: u64, out: *mut u8, n: u64) {
+        let cpu = current_id();
+        if cpu >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (cpu << 15);
+        let guard = load_acquire64(cache);
+        if guard != held { exit!(Guarded(guard)) }
+        let count = load64(cache + 8);
+        if count < n { exit!(Short(count)) }
+        let left = count - n;
+        copy(out, cache + 16 + (left << 3), n << 3);
+        commit!(store64(cache + 8, left));
+    }
+}
+
+restartable::section! {
+    /// Puts the `n` objects at `objects` (`n` words) in the current CPU's
+    /// cache of a class, unless that would take it past `cap`.
+    ///
+    /// Specification: `Exit(OutOfRange)` and `Exit(Guarded(g))` as for
+    /// [`pop`]; `b.count + n > cap`: `Exit(Full(b.count))`;
+    /// else `b.slot[count..count + n] = objects[..n]`,
+    /// `b.count += n`.
+    #[index(cpu_id)]
+    #[exits(OutOfRange, Guarded(u64), Full(u64))]
+    #[owned(slots)]
+    pub unsafe fn push_many(caches: *mut u8, ncpus: u64, held: u64, cap: u64, objects: *const u8, n: u64) {
+        let cpu = current_id();
+        if cpu >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (cpu << 15);
+        let guard = load_acquire64(cache);
+        if guard != held { exit!(Guarded(guard)) }
+        let count = load64(cache + 8);
+        let end = count + n;
+        if end > cap { exit!(Full(count)) }
+        let slots = cache + 16 + (count << 3);
+        copy(slots, objects, n << 3);
+        commit!(store64(cache + 8, end));
+    }
+}
+
+/// Which path served a cache operation, for the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// A critical section committed (or left through an exit).
+    Rseq,
+    /// The twin ran under the CPU's guard.
+    Fallback,
+}
+
+/// What a cache operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done<T> {
+    /// It took effect.
+    Yes(T),
+    /// The cache was empty (a pop) or full (a push).
+    No,
+    /// The cache could not be reached: its guard is held (by a fallback
+    /// thread, a drain or an outer frame of this thread), or sections kept
+    /// aborting and the guard was refused. The caller goes to the central
+    /// list.
+    Unreachable,
+}
+
+/// The per-CPU caches.
+pub struct Caches {
+    base: usize,
+    ncpus: usize,
+}
+
+impl Caches {
+    /// Maps caches for `ncpus` CPUs (without committing memory: blocks are
+    /// touched as CPUs use them).
+    ///
+    /// # Errors
+    /// [`Error::Map`] when the kernel refuses the mapping; [`Error::BadLength`]
+    /// for 0 CPUs or a size that overflows.
+    pub fn map(ncpus: usize) -> Result<Caches, Error> {
+        let bytes = ncpus
+            .checked_mul(STRIDE)
+            .filter(|_| ncpus > 0)
+            .ok_or(Error::BadLength)?;
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // SAFETY: reads this thread's errno.
+            return Err(Error::Map(unsafe { *libc::__errno_location() }));
+        }
+        Ok(Caches {
+            base: p as usize,
+            ncpus,
+        })
+    }
+
+    /// CPUs covered.
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
+    }
+
+    /// The objects of `class` cached on `cpu` now (a racy snapshot, for the
+    /// statistics).
+    pub fn count(&self, cpu: usize, class: usize) -> usize {
+        let at = self.base + cpu * STRIDE + class * CACHE + COUNT;
+        // SAFETY: the word lies in the mapping; a racy read of a count only
+        // sections and guard holders write, as an atomic.
+        unsafe {
+            (*(at as *const core::sync::atomic::AtomicU64))
+                .load(core::sync::atomic::Ordering::Relaxed) as usize
+        }
+    }
+
+    fn guard(&self, cpu: usize, class: usize) -> &Guard {
+        // SAFETY: every cache starts with an 8-aligned word that only the
+        // guard protocol writes (sections only read it); zero is free.
+        unsafe { &*((self.base + cpu * STRIDE + class * CACHE) as *const Guard) }
+    }
+
+    /// `class`'s cache in CPU 0's block, as the sections take it.
+    fn ptr(&self, class: usize) -> *mut u8 {
+        (self.base + class * CACHE) as *mut u8
+    }
+
+    /// Runs `twin(cpu, held)` under the guard of the calling thread's CPU's
+    /// cache of `class`.
+    #[cold]
+    fn fallback<T>(
+        &self,
+        class: usize,
+        twin: impl FnOnce(u32, u64) -> Option<Done<T>>,
+    ) -> (Done<T>, Path) {
+        let cpu = restartable::current_cpu();
+        let guard = self.guard(cpu, class);
+        let done = guard
+            .hold(Reach::Cpu(cpu), || {
+                // SAFETY: the guard's word, which this thread holds now.
+                let held = unsafe { *guard.as_ptr() };
+                twin(cpu as u32, held)
+            })
+            .ok()
+            .flatten();
+        (done.unwrap_or(Done::Unreachable), Path::Fallback)
+    }
+
+    /// One cache operation: the section through `rseq` where this thread
+    /// has rseq, else (or when it kept aborting) `twin` under the guard;
+    /// `verdict` reads either's result (`None`: the cache is unreachable).
+    #[inline(always)]
+    fn op<V, E, T>(
+        &self,
+        class: usize,
+        rseq: impl FnOnce(&Thread) -> Result<Run<V, E>, RetriesExhausted>,
+        twin: impl FnOnce(u32, u64) -> Run<V, E>,
+        verdict: impl Fn(Run<V, E>) -> Option<Done<T>>,
+    ) -> (Done<T>, Path) {
+        if let Some(thread) = Thread::current() {
+            if let Ok(run) = rseq(&thread) {
+                return (verdict(run).unwrap_or(Done::Unreachable), Path::Rseq);
+            }
+        }
+        self.fallback(class, |cpu, held| verdict(twin(cpu, held)))
+    }
+
+    /// Takes an object of `class` from this CPU's cache.
+    #[inline]
+    pub fn pop(&self, class: usize) -> (Done<usize>, Path) {
+        let (caches, n) = (self.ptr(class), self.ncpus as u64);
+        self.op(
+            class,
+            // SAFETY: the caches map `ncpus` blocks laid out as this module
+            // says, written only by these sections and guard holders.
+            |t| unsafe { pop::retry(t, caches, n, 0) },
+            // SAFETY: as above, and the guard is held.
+            |cpu, held| unsafe { pop::twin(cpu, caches, n, held) },
+            |run| match run {
+                Run::Committed(object) => Some(Done::Yes(object as usize)),
+                Run::Exit(pop::Exit::Empty) => Some(Done::No),
+                Run::Exit(_) | Run::Aborted => None,
+            },
+        )
+    }
+
+    /// Puts `object` of `class` in this CPU's cache, unless it holds `cap`
+    /// objects of the class.
+    #[inline]
+    pub fn push(&self, class: usize, cap: usize, object: usize) -> (Done<()>, Path) {
+        let (caches, n) = (self.ptr(class), self.ncpus as u64);
+        let (cap, o) = (cap.min(SLOTS) as u64, object as u64);
+        self.op(
+            class,
+            // SAFETY: as for `pop`; `object` is free and ours to give.
+            |t| unsafe { push::retry(t, caches, n, 0, cap, o) },
+            // SAFETY: as above, and the guard is held.
+            |cpu, held| unsafe { push::twin(cpu, caches, n, held, cap, o) },
+            |run| match run {
+                Run::Committed(()) => Some(Done::Yes(())),
+                Run::Exit(push::Exit::Full) => Some(Done::No),
+                Run::Exit(_) | Run::Aborted => None,
+            },
+        )
+    }
+
+    /// Takes `out.len()` objects of `class` (at most [`SLOTS`]) from this
+    /// CPU's cache into `out`; `No` when it holds fewer.
+    pub fn pop_many(&self, class: usize, out: &mut [usize]) -> (Done<()>, Path) {
+        let (caches, n) = (self.ptr(class), self.ncpus as u64);
+        let (dst, k) = (out.as_mut_ptr().cast::<u8>(), out.len().min(SLOTS) as u64);
+        self.op(
+            class,
+            // SAFETY: as for `pop`; `out` holds `k` words and is ours.
+            |t| unsafe { pop_many::retry(t, caches, n, 0, dst, k) },
+            // SAFETY: as above, and the guard is held.
+            |cpu, held| unsafe { pop_many::twin(cpu, caches, n, held, dst, k) },
+            |run| match run {
+                Run::Committed(()) => Some(Done::Yes(())),
+                Run::Exit(pop_many::Exit::Short(_)) => Some(Done::No),
+                Run::Exit(_) | Run::Aborted => None,
+            },
+        )
+    }
+
+    /// Puts `objects` of `class` in this CPU's cache, unless that would
+    /// take it past `cap`.
+    pub fn push_many(&self, class: usize, cap: usize, objects: &[usize]) -> (Done<()>, Path) {
+        let (caches, n) = (self.ptr(class), self.ncpus as u64);
+        let cap = cap.min(SLOTS) as u64;
+        let (src, k) = (objects.as_ptr().cast::<u8>(), objects.len() as u64);
+        self.op(
+            class,
+            // SAFETY: as for `pop`; `objects` holds `k` words.
+            |t| unsafe { push_many::retry(t, caches, n, 0, cap, src, k) },
+            // SAFETY: as above, and the guard is held.
+            |cpu, held| unsafe { push_many::twin(cpu, caches, n, held, cap, src, k) },
+            |run| match run {
+                Run::Committed(()) => Some(Done::Yes(())),
+                Run::Exit(push_many::Exit::Full(_)) => Some(Done::No),
+                Run::Exit(_) | Run::Aborted => None,
+            },
+        )
+    }
+}

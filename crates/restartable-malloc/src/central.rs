@@ -1,0 +1,242 @@
+//! [`Central`]: one list of free objects per size class, behind a lock,
+//! between the per-CPU caches and the spans. Caches refill from it and
+//! flush to it in batches, so its lock is taken once per batch.
+//!
+//! A class's list serves, in order: objects given back (an intrusive
+//! list, each free object's first word naming the next), then the rest of
+//! the class's newest run (a bump pointer, so a fresh run is never written
+//! before its objects are handed out), then a new run.
+//!
+//! A signal handler that interrupts its own thread inside a list's lock
+//! cannot take from that list ([`take`](Central::take) returns 0), and gives
+//! back through a lock-free stack beside it, which the next holder of the
+//! lock adopts whole (a swap, so no ABA problem).
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::classes::{self, COUNT};
+use crate::lock::Lock;
+
+/// The central lists of every class.
+pub struct Central {
+    lists: [List; COUNT],
+}
+
+#[repr(align(64))]
+struct List {
+    lock: Lock,
+    inner: UnsafeCell<Inner>,
+    /// Objects given back while the lock was the giver's own.
+    returned: AtomicUsize,
+}
+
+struct Inner {
+    /// The first free object, 0 for none.
+    head: usize,
+    /// The next unused object of the newest run, and the run's end.
+    bump: usize,
+    end: usize,
+    /// Runs taken for this class.
+    runs: usize,
+}
+
+// SAFETY: `inner`, and the free objects it leads to, are only touched under
+// the lock; `returned` is atomic.
+unsafe impl Sync for Central {}
+
+impl Default for Central {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Central {
+    /// Empty lists.
+    pub const fn new() -> Central {
+        Central {
+            lists: [const {
+                List {
+                    lock: Lock::new(),
+                    inner: UnsafeCell::new(Inner {
+                        head: 0,
+                        bump: 0,
+                        end: 0,
+                        runs: 0,
+                    }),
+                    returned: AtomicUsize::new(0),
+                }
+            }; COUNT],
+        }
+    }
+
+    /// The lock of `class`'s list, for `pthread_atfork`.
+    pub fn lock(&self, class: usize) -> &Lock {
+        &self.lists[class].lock
+    }
+
+    /// Fills `out` with up to `out.len()` free objects of `class` and says
+    /// how many; `grow(spans)` supplies a new run (zeroed) when the list is
+    /// empty. 0 when no memory is left, or when the calling thread holds
+    /// this list's lock already (a signal handler that interrupted it).
+    pub fn take(
+        &self,
+        class: usize,
+        out: &mut [usize],
+        mut grow: impl FnMut(usize) -> Option<usize>,
+    ) -> usize {
+        let list = &self.lists[class];
+        let Ok(_held) = list.lock.lock() else {
+            return 0;
+        };
+        // SAFETY: under the lock.
+        let inner = unsafe { &mut *list.inner.get() };
+        let size = classes::size(class);
+        let mut n = 0;
+        while n < out.len() {
+            if inner.head == 0 {
+                inner.head = list.returned.swap(0, Ordering::Acquire);
+            }
+            if inner.head != 0 {
+                out[n] = inner.head;
+                // SAFETY: a free object's first word names the next.
+                inner.head = unsafe { *(inner.head as *const usize) };
+            } else {
+                if inner.bump + size > inner.end {
+                    let Some(run) = grow(classes::run_spans(class)) else {
+                        break;
+                    };
+                    inner.bump = run;
+                    inner.end = run + classes::objects_per_run(class) * size;
+                    inner.runs += 1;
+                }
+                out[n] = inner.bump;
+                inner.bump += size;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Gives `objects` of `class` back to its list.
+    pub fn give(&self, class: usize, objects: &[usize]) {
+        let list = &self.lists[class];
+        match list.lock.lock() {
+            Ok(_held) => {
+                // SAFETY: under the lock.
+                let inner = unsafe { &mut *list.inner.get() };
+                for &object in objects {
+                    // SAFETY: the object is free and ours; its first word
+                    // becomes the link.
+                    unsafe { (object as *mut usize).write(inner.head) };
+                    inner.head = object;
+                }
+            }
+            Err(_) => {
+                for &object in objects {
+                    let mut head = list.returned.load(Ordering::Relaxed);
+                    loop {
+                        // SAFETY: as above.
+                        unsafe { (object as *mut usize).write(head) };
+                        match list.returned.compare_exchange_weak(
+                            head,
+                            object,
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                        ) {
+                            Ok(_) => break,
+                            Err(now) => head = now,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Free objects on `class`'s list (given back, not yet handed out from
+    /// the newest run) and runs taken, for the statistics. Walks the list.
+    pub fn census(&self, class: usize) -> (usize, usize) {
+        let list = &self.lists[class];
+        let Ok(_held) = list.lock.lock() else {
+            return (0, 0);
+        };
+        // SAFETY: under the lock.
+        let inner = unsafe { &*list.inner.get() };
+        let mut free = 0;
+        for head in [inner.head, list.returned.load(Ordering::Acquire)] {
+            let mut at = head;
+            while at != 0 {
+                free += 1;
+                // SAFETY: a free object's first word names the next.
+                at = unsafe { *(at as *const usize) };
+            }
+        }
+        (free, inner.runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::{Entry, Region};
+
+    #[test]
+    fn objects_come_back_before_new_ones_and_runs_are_carved_in_order() {
+        let region = Region::reserve(64).unwrap();
+        let central = Central::new();
+        let class = classes::class_of(1000).unwrap();
+        let size = classes::size(class);
+        let grow = |n: usize| {
+            region
+                .take(n, |k| Entry::Class {
+                    class: class as u8,
+                    offset: k as u8,
+                })
+                .ok()
+        };
+        let mut out = [0usize; 8];
+        assert_eq!(central.take(class, &mut out, grow), 8);
+        for w in out.windows(2) {
+            assert_eq!(w[1] - w[0], size, "carved in order from the run");
+        }
+        central.give(class, &out[2..5]);
+        assert_eq!(central.census(class), (3, 1));
+        let mut again = [0usize; 4];
+        assert_eq!(central.take(class, &mut again, grow), 4);
+        assert_eq!(&again[..3], &[out[4], out[3], out[2]], "given back first");
+        assert_eq!(again[3], out[7] + size, "then the run goes on");
+        assert_eq!(central.census(class), (0, 1));
+    }
+
+    #[test]
+    fn a_run_is_used_up_before_the_next_and_exhaustion_is_zero() {
+        let region = Region::reserve(2 * classes::MAX_RUN_SPANS).unwrap();
+        let central = Central::new();
+        let class = classes::COUNT - 1;
+        let per_run = classes::objects_per_run(class);
+        let grow = |n: usize| region.take(n, |_| Entry::LargeTail).ok();
+        let runs_that_fit = 2 * classes::MAX_RUN_SPANS / classes::run_spans(class);
+        let mut out = vec![0usize; per_run * (runs_that_fit + 1)];
+        assert_eq!(central.take(class, &mut out, grow), per_run * runs_that_fit);
+        assert_eq!(central.take(class, &mut out[..1], grow), 0);
+    }
+
+    #[test]
+    fn a_thread_holding_the_lock_gives_back_through_the_stack() {
+        let region = Region::reserve(16).unwrap();
+        let central = Central::new();
+        let grow = |n: usize| region.take(n, |_| Entry::LargeTail).ok();
+        let mut out = [0usize; 4];
+        assert_eq!(central.take(3, &mut out, grow), 4);
+        {
+            let _held = central.lock(3).lock().unwrap();
+            // As a signal handler would, inside the holder's frame.
+            assert_eq!(central.take(3, &mut [0; 1], grow), 0);
+            central.give(3, &out);
+        }
+        let mut again = [0usize; 4];
+        assert_eq!(central.take(3, &mut again, grow), 4);
+        again.reverse();
+        assert_eq!(again, out);
+    }
+}

@@ -1,0 +1,505 @@
+//! [`Heap`]: the allocator, put together: the region and its spans, the
+//! central lists, the per-CPU caches; and the one process-wide heap,
+//! set up at the first call without allocating ([`heap`]).
+//!
+//! | request | served by |
+//! |---|---|
+//! | up to 256 KiB, alignment up to 256 KiB | a size class: this CPU's cache, else a batch from the central list |
+//! | larger | whole spans, returned to the system when freed |
+//!
+//! A cache holds at most [`cap`] objects of a class (at most 32 KiB of
+//! them, at least one, at most [`SLOTS`]); a refill or a flush moves half
+//! of that between the cache and the central list.
+
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+use crate::cache::{Caches, Done, Path, SLOTS};
+use crate::central::Central;
+use crate::classes::{self, COUNT, MAX, SPAN};
+use crate::region::{Entry, Region, MAX_LARGE_SPANS};
+use crate::spans::Spans;
+use crate::tunables::Tunables;
+
+/// Bytes of objects one CPU's cache of a class holds at most.
+const CLASS_BYTES: usize = 32 * 1024;
+
+/// Objects of `class` one CPU caches at most.
+#[inline]
+pub const fn cap(class: usize) -> usize {
+    CAPS[class]
+}
+
+/// [`cap`] by class, as a table: the fast path must not divide.
+const CAPS: [usize; COUNT] = {
+    let mut caps = [0usize; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        let n = CLASS_BYTES / classes::size(c);
+        caps[c] = if n < 1 {
+            1
+        } else if n > SLOTS {
+            SLOTS
+        } else {
+            n
+        };
+        c += 1;
+    }
+    caps
+};
+
+/// Objects a refill or flush of `class` moves: half the cache, at least
+/// one.
+const fn batch(class: usize) -> usize {
+    let half = cap(class) / 2;
+    if half < 1 {
+        1
+    } else {
+        half
+    }
+}
+
+/// Counts of the slow paths, for the statistics (the fast paths count
+/// nothing).
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub(crate) refills: AtomicUsize,
+    pub(crate) flushes: AtomicUsize,
+    pub(crate) central_direct: AtomicUsize,
+    pub(crate) fallback_ops: AtomicUsize,
+    pub(crate) large_allocs: AtomicUsize,
+    pub(crate) large_frees: AtomicUsize,
+    pub(crate) failed: AtomicUsize,
+}
+
+/// The allocator's state.
+pub struct Heap {
+    pub(crate) region: Region,
+    pub(crate) spans: Spans,
+    pub(crate) central: Central,
+    pub(crate) caches: Caches,
+    pub(crate) counts: Counts,
+    pub(crate) tunables: Tunables,
+}
+
+impl Heap {
+    /// A heap reserving `spans` spans of address space, with caches for
+    /// `ncpus` CPUs.
+    ///
+    /// # Errors
+    /// When the kernel refuses the reservation or the caches' mapping.
+    pub fn new(
+        spans: usize,
+        ncpus: usize,
+        tunables: Tunables,
+    ) -> Result<Heap, crate::region::Error> {
+        Ok(Heap {
+            region: Region::reserve(spans)?,
+            spans: Spans::new(),
+            central: Central::new(),
+            caches: Caches::map(ncpus)?,
+            counts: Counts::default(),
+            tunables,
+        })
+    }
+
+    /// `size` bytes aligned to `align` (a power of two); null when no
+    /// memory is left or the request cannot be served.
+    #[inline]
+    pub fn alloc(&self, size: usize, align: usize) -> *mut u8 {
+        match classes::class_for(size, align) {
+            Some(class) => self.alloc_small(class),
+            None => self.alloc_large(size, align),
+        }
+    }
+
+    /// As [`alloc`](Self::alloc), the bytes zeroed.
+    pub fn alloc_zeroed(&self, size: usize, align: usize) -> *mut u8 {
+        match classes::class_for(size, align) {
+            Some(class) => {
+                let p = self.alloc_small(class);
+                if !p.is_null() {
+                    // SAFETY: the object holds at least `size` bytes and is
+                    // ours.
+                    unsafe { core::ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            // Spans are handed out zeroed.
+            None => self.alloc_large(size, align),
+        }
+    }
+
+    #[inline]
+    fn alloc_small(&self, class: usize) -> *mut u8 {
+        match self.caches.pop(class) {
+            (Done::Yes(p), path) => {
+                if path == Path::Fallback {
+                    self.counts.fallback_ops.fetch_add(1, Ordering::Relaxed);
+                }
+                p as *mut u8
+            }
+            (_, _) => self.refill(class),
+        }
+    }
+
+    /// The cache was empty or unreachable: a batch from the central list,
+    /// one object for the caller and the rest for the cache.
+    #[cold]
+    fn refill(&self, class: usize) -> *mut u8 {
+        let mut buf = [0usize; SLOTS];
+        let n = self.central.take(class, &mut buf[..batch(class)], |spans| {
+            self.spans
+                .take(&self.region, spans, |k| Entry::Class {
+                    class: class as u8,
+                    offset: k as u8,
+                })
+                .ok()
+        });
+        if n == 0 {
+            // No memory, or a signal handler inside this thread's own use
+            // of the list: a span of its own serves it.
+            return self.alloc_large(classes::size(class), classes::alignment(class));
+        }
+        self.counts.refills.fetch_add(1, Ordering::Relaxed);
+        let rest = &buf[..n - 1];
+        if !rest.is_empty()
+            && !matches!(
+                self.caches.push_many(class, cap(class), rest).0,
+                Done::Yes(())
+            )
+        {
+            self.central.give(class, rest);
+        }
+        buf[n - 1] as *mut u8
+    }
+
+    fn alloc_large(&self, size: usize, align: usize) -> *mut u8 {
+        if !align.is_power_of_two() {
+            return core::ptr::null_mut();
+        }
+        let Some(n) = size.max(1).checked_next_multiple_of(SPAN).map(|b| b / SPAN) else {
+            return self.failed();
+        };
+        let extra = align / SPAN.min(align) - 1;
+        let Some(total) = n
+            .checked_add(extra)
+            .filter(|&t| t <= MAX_LARGE_SPANS as usize)
+        else {
+            return self.failed();
+        };
+        let Ok(run) = self.spans.take(&self.region, total, |_| Entry::LargeTail) else {
+            return self.failed();
+        };
+        let start = run.next_multiple_of(align.max(SPAN));
+        let lead = (start - run) / SPAN;
+        if lead > 0 {
+            self.spans.give(&self.region, run, lead);
+        }
+        if extra > lead {
+            self.spans
+                .give(&self.region, start + n * SPAN, extra - lead);
+        }
+        self.region.mark(start, n, |k| {
+            if k == 0 {
+                Entry::Large { spans: n as u32 }
+            } else {
+                Entry::LargeTail
+            }
+        });
+        self.counts.large_allocs.fetch_add(1, Ordering::Relaxed);
+        start as *mut u8
+    }
+
+    #[cold]
+    fn failed(&self) -> *mut u8 {
+        self.counts.failed.fetch_add(1, Ordering::Relaxed);
+        core::ptr::null_mut()
+    }
+
+    /// What `p` is: `Small(class)` or `Large(spans)`. Stops the process
+    /// when `p` was never handed out (outside the range, in a free span, or
+    /// not an object's start).
+    #[inline(always)]
+    fn find(&self, p: *mut u8) -> Found {
+        let addr = p as usize;
+        if let Some((class, offset)) = self.region.small(addr) {
+            // The entry was written for this very span, so its run starts
+            // `offset` spans back, inside the range.
+            let start = (addr & !(SPAN - 1)) - usize::from(offset) * SPAN;
+            let class = usize::from(class);
+            if class < COUNT && classes::divides(class, addr - start) {
+                return Found::Small(class);
+            }
+        }
+        self.find_slow(addr)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn find_slow(&self, addr: usize) -> Found {
+        match self.region.lookup(addr) {
+            Some(Entry::Class { .. }) => foreign(addr, "not the start of an object"),
+            Some(Entry::Large { spans }) if addr.is_multiple_of(SPAN) => {
+                Found::Large(spans as usize)
+            }
+            Some(Entry::Large { .. } | Entry::LargeTail) => {
+                foreign(addr, "inside a large allocation")
+            }
+            Some(Entry::Unused) => foreign(addr, "in memory that is not handed out"),
+            None => foreign(addr, "outside the allocator's range"),
+        }
+    }
+
+    /// Frees `p` (null does nothing). A pointer the heap can tell it never
+    /// handed out stops the process with a message.
+    ///
+    /// # Safety
+    /// `p` is null or came from this heap and was not freed since: a
+    /// second free of a small object cannot be told apart cheaply, and
+    /// would hand it out twice.
+    #[inline]
+    pub unsafe fn free(&self, p: *mut u8) {
+        if p.is_null() {
+            return;
+        }
+        match self.find(p) {
+            Found::Small(class) => match self.caches.push(class, cap(class), p as usize) {
+                (Done::Yes(()), path) => {
+                    if path == Path::Fallback {
+                        self.counts.fallback_ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                (Done::No, _) => self.flush(class, p as usize),
+                (Done::Unreachable, _) => {
+                    self.counts.central_direct.fetch_add(1, Ordering::Relaxed);
+                    self.central.give(class, &[p as usize]);
+                }
+            },
+            Found::Large(spans) => {
+                self.counts.large_frees.fetch_add(1, Ordering::Relaxed);
+                self.spans.give(&self.region, p as usize, spans);
+            }
+        }
+    }
+
+    /// The cache was full: half of it goes to the central list, then
+    /// `object` into the cache.
+    #[cold]
+    fn flush(&self, class: usize, object: usize) {
+        self.counts.flushes.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0usize; SLOTS];
+        let out = &mut buf[..batch(class)];
+        if matches!(self.caches.pop_many(class, out).0, Done::Yes(())) {
+            self.central.give(class, out);
+            if matches!(self.caches.push(class, cap(class), object).0, Done::Yes(())) {
+                return;
+            }
+        }
+        self.central.give(class, &[object]);
+    }
+
+    /// Bytes usable at `p`, at least what was asked for (0 for null).
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free): `p` is null or live.
+    pub unsafe fn usable_size(&self, p: *mut u8) -> usize {
+        if p.is_null() {
+            return 0;
+        }
+        match self.find(p) {
+            Found::Small(class) => classes::size(class),
+            Found::Large(spans) => spans * SPAN,
+        }
+    }
+
+    /// Resizes `p` (from [`alloc`](Self::alloc) with `align`) to `size`
+    /// bytes, keeping its contents up to the smaller size; null (and `p`
+    /// untouched) when no memory is left.
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free): `p` is null or live; on success it is
+    /// freed (or returned).
+    pub unsafe fn realloc(&self, p: *mut u8, align: usize, size: usize) -> *mut u8 {
+        if p.is_null() {
+            return self.alloc(size, align);
+        }
+        let old = match self.find(p) {
+            Found::Small(class) => {
+                if classes::class_for(size, align) == Some(class) {
+                    return p;
+                }
+                classes::size(class)
+            }
+            Found::Large(spans) => {
+                let same = size > MAX
+                    && size.div_ceil(SPAN) == spans
+                    && (p as usize).is_multiple_of(align);
+                if same {
+                    return p;
+                }
+                spans * SPAN
+            }
+        };
+        let q = self.alloc(size, align);
+        if !q.is_null() {
+            // SAFETY: both blocks are ours, distinct, and hold at least the
+            // smaller size; `p` is live (the caller's contract).
+            unsafe {
+                core::ptr::copy_nonoverlapping(p, q, old.min(size));
+                self.free(p);
+            }
+        }
+        q
+    }
+}
+
+enum Found {
+    Small(usize),
+    Large(usize),
+}
+
+/// Stops the process: `addr` was never handed out by this allocator.
+#[cold]
+#[inline(never)]
+fn foreign(addr: usize, why: &str) -> ! {
+    let mut msg = [0u8; 160];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        let n = bytes.len().min(msg.len() - len);
+        msg[len..len + n].copy_from_slice(&bytes[..n]);
+        len += n;
+    };
+    put(b"restartable-malloc: free or realloc of 0x");
+    let mut hex = [0u8; 16];
+    for (k, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(addr >> (60 - 4 * k)) & 15];
+    }
+    put(&hex);
+    put(b", which it never handed out (");
+    put(why.as_bytes());
+    put(b")\n");
+    // SAFETY: writing our own buffer to stderr, then stopping.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), len);
+        libc::abort()
+    }
+}
+
+/// The smallest reservation tried: 1 GiB.
+const MIN_RESERVE_SPANS: usize = (1 << 30) / SPAN;
+
+const UNSET: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+const FAILED: u8 = 3;
+
+struct Slot(UnsafeCell<MaybeUninit<Heap>>);
+// SAFETY: written once, by the thread that moves STATE from BUSY to READY,
+// and only read after READY is seen (acquire).
+unsafe impl Sync for Slot {}
+
+static HEAP: Slot = Slot(UnsafeCell::new(MaybeUninit::uninit()));
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+/// The thread setting the heap up, so that its own re-entry (a signal
+/// handler) fails at once instead of waiting for itself.
+static SETTER: AtomicU32 = AtomicU32::new(0);
+
+/// The process's heap, set up at the first call: its reservation, its
+/// caches, its tunables; nothing is allocated. `None` when it could not be
+/// set up (the kernel refused the reservation), or in a signal handler that
+/// interrupted the set-up.
+#[inline]
+pub fn heap() -> Option<&'static Heap> {
+    if STATE.load(Ordering::Acquire) == READY {
+        // SAFETY: READY is stored after the heap is written (release).
+        return Some(unsafe { (*HEAP.0.get()).assume_init_ref() });
+    }
+    set_up()
+}
+
+/// The heap if it is set up; never sets it up.
+pub(crate) fn heap_if_ready() -> Option<&'static Heap> {
+    // SAFETY: as in `heap`.
+    (STATE.load(Ordering::Acquire) == READY).then(|| unsafe { (*HEAP.0.get()).assume_init_ref() })
+}
+
+#[cold]
+fn set_up() -> Option<&'static Heap> {
+    loop {
+        match STATE.compare_exchange(UNSET, BUSY, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(READY) => {
+                // SAFETY: as in `heap`.
+                return Some(unsafe { (*HEAP.0.get()).assume_init_ref() });
+            }
+            Err(FAILED) => return None,
+            Err(_) => {
+                if SETTER.load(Ordering::Relaxed) == tid() {
+                    return None;
+                }
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+    SETTER.store(tid(), Ordering::Relaxed);
+    let tunables = Tunables::read();
+    // A smaller reservation where the system refuses the one asked for
+    // (an address-space limit, valgrind), halving down to 1 GiB.
+    let mut spans = tunables.reserve_spans();
+    let ncpus = restartable::possible_cpus();
+    let made = loop {
+        match Heap::new(spans, ncpus, tunables) {
+            Err(crate::region::Error::Map(_)) if spans > MIN_RESERVE_SPANS => spans /= 2,
+            other => break other,
+        }
+    };
+    match made {
+        Ok(h) => {
+            // SAFETY: only this thread, holding BUSY, writes the slot.
+            unsafe { (*HEAP.0.get()).write(h) };
+            STATE.store(READY, Ordering::Release);
+            at_fork();
+            // SAFETY: just written.
+            Some(unsafe { (*HEAP.0.get()).assume_init_ref() })
+        }
+        Err(_) => {
+            STATE.store(FAILED, Ordering::Release);
+            None
+        }
+    }
+}
+
+fn tid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Holds every lock across `fork`, so the child finds no list half
+/// changed and no lock held by a thread it does not have.
+fn at_fork() {
+    extern "C" fn prepare() {
+        if let Some(h) = heap() {
+            for class in 0..COUNT {
+                if let Ok(held) = h.central.lock(class).lock() {
+                    held.keep();
+                }
+            }
+            if let Ok(held) = h.spans.lock().lock() {
+                held.keep();
+            }
+        }
+    }
+    extern "C" fn release() {
+        if let Some(h) = heap() {
+            h.spans.lock().force_unlock();
+            for class in 0..COUNT {
+                h.central.lock(class).force_unlock();
+            }
+        }
+    }
+    // SAFETY: the handlers are plain functions that live for the program.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+}
