@@ -216,6 +216,9 @@ impl Caches {
     /// The objects of `class` cached on `cpu` now (a racy snapshot, for the
     /// statistics).
     pub fn count(&self, cpu: usize, class: usize) -> usize {
+        if cpu >= self.ncpus || class >= crate::classes::COUNT {
+            return 0;
+        }
         let at = self.base + cpu * STRIDE + class * CACHE + COUNT;
         // SAFETY: the word lies in the mapping; a racy read of a count only
         // sections and guard holders write, as an atomic.
@@ -245,6 +248,12 @@ impl Caches {
         twin: impl FnOnce(u32, u64) -> Option<Done<T>>,
     ) -> (Done<T>, Path) {
         let cpu = restartable::current_cpu();
+        // A thread holding an allocator lock never waits for a guard (no
+        // cycle of waits through signal handlers); a CPU past the caches is
+        // no cache's.
+        if cpu >= self.ncpus || crate::lock::holding() {
+            return (Done::Unreachable, Path::Fallback);
+        }
         let guard = self.guard(cpu, class);
         let done = guard
             .hold(Reach::Cpu(cpu), || {
@@ -258,8 +267,9 @@ impl Caches {
     }
 
     /// One cache operation: the section through `rseq` where this thread
-    /// has rseq, else (or when it kept aborting) `twin` under the guard;
-    /// `verdict` reads either's result (`None`: the cache is unreachable).
+    /// has rseq, else (or when it kept aborting, or found the guard set)
+    /// `twin` under the guard; `verdict` reads either's result (`None`: the
+    /// cache is unreachable this way).
     #[inline(always)]
     fn op<V, E, T>(
         &self,
@@ -270,7 +280,11 @@ impl Caches {
     ) -> (Done<T>, Path) {
         if let Some(thread) = Thread::current() {
             if let Ok(run) = rseq(&thread) {
-                return (verdict(run).unwrap_or(Done::Unreachable), Path::Rseq);
+                if let Some(done) = verdict(run) {
+                    return (done, Path::Rseq);
+                }
+                // The guard was set: the fallback waits for its holder, or
+                // takes it over from one that `fork` left behind.
             }
         }
         self.fallback(class, |cpu, held| verdict(twin(cpu, held)))
@@ -278,7 +292,7 @@ impl Caches {
 
     /// Takes an object of `class` from this CPU's cache.
     #[inline]
-    pub fn pop(&self, class: usize) -> (Done<usize>, Path) {
+    pub(crate) fn pop(&self, class: usize) -> (Done<usize>, Path) {
         let (caches, n) = (self.ptr(class), self.ncpus as u64);
         self.op(
             class,
@@ -298,7 +312,7 @@ impl Caches {
     /// Puts `object` of `class` in this CPU's cache, unless it holds `cap`
     /// objects of the class.
     #[inline]
-    pub fn push(&self, class: usize, cap: usize, object: usize) -> (Done<()>, Path) {
+    pub(crate) fn push(&self, class: usize, cap: usize, object: usize) -> (Done<()>, Path) {
         let (caches, n) = (self.ptr(class), self.ncpus as u64);
         let (cap, o) = (cap.min(SLOTS) as u64, object as u64);
         self.op(
@@ -317,7 +331,7 @@ impl Caches {
 
     /// Takes `out.len()` objects of `class` (at most [`SLOTS`]) from this
     /// CPU's cache into `out`; `No` when it holds fewer.
-    pub fn pop_many(&self, class: usize, out: &mut [usize]) -> (Done<()>, Path) {
+    pub(crate) fn pop_many(&self, class: usize, out: &mut [usize]) -> (Done<()>, Path) {
         let (caches, n) = (self.ptr(class), self.ncpus as u64);
         let (dst, k) = (out.as_mut_ptr().cast::<u8>(), out.len().min(SLOTS) as u64);
         self.op(
@@ -336,7 +350,12 @@ impl Caches {
 
     /// Puts `objects` of `class` in this CPU's cache, unless that would
     /// take it past `cap`.
-    pub fn push_many(&self, class: usize, cap: usize, objects: &[usize]) -> (Done<()>, Path) {
+    pub(crate) fn push_many(
+        &self,
+        class: usize,
+        cap: usize,
+        objects: &[usize],
+    ) -> (Done<()>, Path) {
         let (caches, n) = (self.ptr(class), self.ncpus as u64);
         let cap = cap.min(SLOTS) as u64;
         let (src, k) = (objects.as_ptr().cast::<u8>(), objects.len() as u64);

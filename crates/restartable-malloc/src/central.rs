@@ -79,7 +79,7 @@ impl Central {
     /// how many; `grow(spans)` supplies a new run (zeroed) when the list is
     /// empty. 0 when no memory is left, or when the calling thread holds
     /// this list's lock already (a signal handler that interrupted it).
-    pub fn take(
+    pub(crate) fn take(
         &self,
         class: usize,
         out: &mut [usize],
@@ -119,7 +119,7 @@ impl Central {
     }
 
     /// Gives `objects` of `class` back to its list.
-    pub fn give(&self, class: usize, objects: &[usize]) {
+    pub(crate) fn give(&self, class: usize, objects: &[usize]) {
         let list = &self.lists[class];
         match list.lock.lock() {
             Ok(_held) => {

@@ -184,6 +184,23 @@ pub const fn run_spans(class: usize) -> usize {
     RUNS[class] as usize
 }
 
+/// Bytes of a run of class `class` that objects cover (the run's tail
+/// beyond the last whole object holds none).
+#[inline]
+pub const fn run_bytes(class: usize) -> usize {
+    RUN_BYTES[class] as usize
+}
+
+const RUN_BYTES: [u32; COUNT] = {
+    let mut b = [0u32; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        b[c] = (objects_per_run(c) * size(c)) as u32;
+        c += 1;
+    }
+    b
+};
+
 /// Objects in one run of class `class`.
 #[inline]
 pub const fn objects_per_run(class: usize) -> usize {

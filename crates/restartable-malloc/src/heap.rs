@@ -13,7 +13,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::cache::{Caches, Done, Path, SLOTS};
 use crate::central::Central;
@@ -229,7 +229,11 @@ impl Heap {
             // `offset` spans back, inside the range.
             let start = (addr & !(SPAN - 1)) - usize::from(offset) * SPAN;
             let class = usize::from(class);
-            if class < COUNT && classes::divides(class, addr - start) {
+            let offset = addr - start;
+            if class < COUNT
+                && offset < classes::run_bytes(class)
+                && classes::divides(class, offset)
+            {
                 return Found::Small(class);
             }
         }
@@ -402,9 +406,6 @@ unsafe impl Sync for Slot {}
 
 static HEAP: Slot = Slot(UnsafeCell::new(MaybeUninit::uninit()));
 static STATE: AtomicU8 = AtomicU8::new(UNSET);
-/// The thread setting the heap up, so that its own re-entry (a signal
-/// handler) fails at once instead of waiting for itself.
-static SETTER: AtomicU32 = AtomicU32::new(0);
 
 /// The process's heap, set up at the first call: its reservation, its
 /// caches, its tunables; nothing is allocated. `None` when it could not be
@@ -425,26 +426,34 @@ pub(crate) fn heap_if_ready() -> Option<&'static Heap> {
     (STATE.load(Ordering::Acquire) == READY).then(|| unsafe { (*HEAP.0.get()).assume_init_ref() })
 }
 
+thread_local! {
+    /// This thread is setting the heap up (const, no destructor).
+    static SETTING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 #[cold]
 fn set_up() -> Option<&'static Heap> {
-    loop {
+    if SETTING.get() {
+        // A signal handler inside this thread's own set-up.
+        return None;
+    }
+    // Before the compare-exchange, so that a signal handler arriving
+    // between the two sees it.
+    SETTING.set(true);
+    let won = loop {
         match STATE.compare_exchange(UNSET, BUSY, Ordering::Acquire, Ordering::Acquire) {
-            Ok(_) => break,
-            Err(READY) => {
-                // SAFETY: as in `heap`.
-                return Some(unsafe { (*HEAP.0.get()).assume_init_ref() });
-            }
-            Err(FAILED) => return None,
+            Ok(_) => break true,
+            Err(READY | FAILED) => break false,
             Err(_) => {
-                if SETTER.load(Ordering::Relaxed) == tid() {
-                    return None;
-                }
                 // SAFETY: no preconditions.
                 unsafe { libc::sched_yield() };
             }
         }
+    };
+    if !won {
+        SETTING.set(false);
+        return heap_if_ready();
     }
-    SETTER.store(tid(), Ordering::Relaxed);
     let tunables = Tunables::read();
     // A smaller reservation where the system refuses the one asked for
     // (an address-space limit, valgrind), halving down to 1 GiB.
@@ -452,7 +461,9 @@ fn set_up() -> Option<&'static Heap> {
     let ncpus = restartable::possible_cpus();
     let made = loop {
         match Heap::new(spans, ncpus, tunables) {
-            Err(crate::region::Error::Map(_)) if spans > MIN_RESERVE_SPANS => spans /= 2,
+            Err(crate::region::Error::Map(_)) if spans > MIN_RESERVE_SPANS => {
+                spans = (spans / 2).max(MIN_RESERVE_SPANS);
+            }
             other => break other,
         }
     };
@@ -461,42 +472,58 @@ fn set_up() -> Option<&'static Heap> {
             // SAFETY: only this thread, holding BUSY, writes the slot.
             unsafe { (*HEAP.0.get()).write(h) };
             STATE.store(READY, Ordering::Release);
+            SETTING.set(false);
             at_fork();
             // SAFETY: just written.
             Some(unsafe { (*HEAP.0.get()).assume_init_ref() })
         }
         Err(_) => {
             STATE.store(FAILED, Ordering::Release);
+            SETTING.set(false);
             None
         }
     }
 }
 
-fn tid() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-}
+/// The locks `prepare` took (bit `class` for a central list, bit `COUNT`
+/// for the spans), so that only those are released.
+static KEPT: AtomicU64 = AtomicU64::new(0);
+const _: () = assert!(COUNT < 64);
 
 /// Holds every lock across `fork`, so the child finds no list half
-/// changed and no lock held by a thread it does not have.
+/// changed and no lock held by a thread it does not have. A lock the
+/// forking thread holds already (`fork` from a signal handler) is neither
+/// taken nor released.
 fn at_fork() {
     extern "C" fn prepare() {
-        if let Some(h) = heap() {
-            for class in 0..COUNT {
-                if let Ok(held) = h.central.lock(class).lock() {
-                    held.keep();
-                }
-            }
-            if let Ok(held) = h.spans.lock().lock() {
+        let Some(h) = heap_if_ready() else {
+            return;
+        };
+        let mut kept = 0u64;
+        // In the order the allocator nests them: a central list, then the
+        // spans.
+        let locks = (0..COUNT)
+            .map(|c| h.central.lock(c))
+            .chain([h.spans.lock()]);
+        for (bit, lock) in locks.enumerate() {
+            if let Ok(held) = lock.lock() {
                 held.keep();
+                kept |= 1 << bit;
             }
         }
+        KEPT.store(kept, Ordering::Relaxed);
     }
     extern "C" fn release() {
-        if let Some(h) = heap() {
-            h.spans.lock().force_unlock();
-            for class in 0..COUNT {
-                h.central.lock(class).force_unlock();
+        let Some(h) = heap_if_ready() else {
+            return;
+        };
+        let kept = KEPT.swap(0, Ordering::Relaxed);
+        let locks = (0..COUNT)
+            .map(|c| h.central.lock(c))
+            .chain([h.spans.lock()]);
+        for (bit, lock) in locks.enumerate() {
+            if kept & (1 << bit) != 0 {
+                lock.force_unlock();
             }
         }
     }

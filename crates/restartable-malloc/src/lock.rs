@@ -1,8 +1,10 @@
 //! [`Lock`]: the allocator's one lock, for the central lists and the span
 //! lists (never on the fast path). It allocates nothing, and each thread
 //! records the locks it holds or is taking (in a thread-local without a
-//! destructor), so a signal handler that interrupts the holder is told
-//! [`Mine`] instead of waiting for itself.
+//! destructor). A thread that holds one already never waits for another:
+//! it is [`Refused`] instead, when the lock is its own (a signal handler
+//! that interrupted the holder) or busy. So no cycle of waits can form, even
+//! through signal handlers that allocate; the callers go elsewhere.
 //!
 //! | state | meaning | `lock` |
 //! |---|---|---|
@@ -15,10 +17,11 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// The calling thread already holds the lock (an outer frame, or the code a
-/// signal handler interrupted).
+/// The lock was not taken: the calling thread holds it already (an outer
+/// frame, or the code a signal handler interrupted), or it is busy and the
+/// calling thread holds another lock, so waiting could close a cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mine;
+pub struct Refused;
 
 /// A lock that tells a thread it holds it already.
 pub struct Lock {
@@ -42,18 +45,23 @@ impl Lock {
     /// Takes the lock, waiting for it; released when the result is dropped.
     ///
     /// # Errors
-    /// [`Mine`] when this thread holds it already (or is taking it, in the
-    /// frame a signal handler interrupted), or holds [`MAX_HELD`] locks.
+    /// [`Refused`] when this thread holds it already (or is taking it, in
+    /// the frame a signal handler interrupted), when it is busy and this
+    /// thread holds another lock, or when this thread holds [`MAX_HELD`].
     #[inline]
-    pub fn lock(&self) -> Result<Held<'_>, Mine> {
+    pub fn lock(&self) -> Result<Held<'_>, Refused> {
         // Recorded before the lock is taken: a signal handler arriving from
         // here on sees that this thread is taking it.
-        record(self)?;
+        let outer = record(self)?;
         if self
             .state
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
+            if outer {
+                forget(self);
+                return Err(Refused);
+            }
             self.lock_slow();
         }
         Ok(Held(self))
@@ -77,11 +85,12 @@ impl Lock {
         }
     }
 
-    /// Releases the lock whoever holds it: for the child of `fork`, whose
-    /// holder (the forking thread, in `pthread_atfork`'s prepare handler)
-    /// is the only thread left.
+    /// Releases a lock kept by [`Held::keep`] (`pthread_atfork`'s prepare
+    /// handler), waking a sleeper if one may wait (in the parent).
     pub fn force_unlock(&self) {
-        self.state.store(0, Ordering::Release);
+        if self.state.swap(0, Ordering::Release) == 2 {
+            futex(&self.state, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+        }
     }
 
     fn unlock(&self) {
@@ -126,18 +135,25 @@ thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 
-fn record(lock: &Lock) -> Result<(), Mine> {
+/// True when the calling thread holds (or is taking) one of these locks.
+#[inline]
+pub fn holding() -> bool {
+    DEPTH.get() > 0
+}
+
+/// Records `lock` as being taken; says whether the thread held another.
+fn record(lock: &Lock) -> Result<bool, Refused> {
     let addr = core::ptr::from_ref(lock) as usize;
     let depth = DEPTH.get();
     let held = HELD.with(|held| held[..depth].iter().any(|l| l.get() == addr));
     if held || depth == MAX_HELD {
-        return Err(Mine);
+        return Err(Refused);
     }
     // The depth first: a signal handler arriving between the two stores
     // records its own lock above this one's slot, never in it.
     DEPTH.set(depth + 1);
     HELD.with(|held| held[depth].set(addr));
-    Ok(())
+    Ok(depth > 0)
 }
 
 /// Drops `lock` from this thread's record. Locks are released innermost
@@ -178,9 +194,37 @@ mod tests {
     fn the_lock_excludes_and_knows_its_holder() {
         let lock = Lock::new();
         let held = lock.lock().unwrap();
-        assert_eq!(lock.lock().err(), Some(Mine));
+        assert_eq!(lock.lock().err(), Some(Refused));
         drop(held);
         drop(lock.lock().unwrap());
+    }
+
+    #[test]
+    fn a_thread_holding_a_lock_does_not_wait_for_another() {
+        let (a, b) = (Lock::new(), Lock::new());
+        let held_b = std::thread::scope(|s| {
+            // Another thread holds `b` until told to let go.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+            let b = &b;
+            let t = s.spawn(move || {
+                let _held = b.lock().unwrap();
+                ready_tx.send(()).unwrap();
+                rx.recv().unwrap();
+            });
+            ready_rx.recv().unwrap();
+            let outer = a.lock().unwrap();
+            let refused = b.lock().err();
+            drop(outer);
+            tx.send(()).unwrap();
+            t.join().unwrap();
+            refused
+        });
+        assert_eq!(held_b, Some(Refused), "busy, and this thread holds `a`");
+        // Free locks are taken in any nesting.
+        let _outer = a.lock().unwrap();
+        drop(b.lock().unwrap());
+        assert!(holding());
     }
 
     #[test]

@@ -201,9 +201,12 @@ impl Region {
 
     /// Sets the entries of the `n` spans from `addr` (a run handed out
     /// before, being reused or given back) to `entry(k)` for the `k`-th.
-    pub fn mark(&self, addr: usize, n: usize, entry: impl Fn(usize) -> Entry) {
-        let first = (addr - self.base) >> SPAN_SHIFT;
-        debug_assert!(first + n <= self.spans);
+    pub(crate) fn mark(&self, addr: usize, n: usize, entry: impl Fn(usize) -> Entry) {
+        let first = addr.wrapping_sub(self.base) >> SPAN_SHIFT;
+        if first >= self.spans || n > self.spans - first {
+            debug_assert!(false, "marking spans outside the range");
+            return;
+        }
         for k in 0..n {
             self.slot(first + k)
                 .store(entry(k).encode(), Ordering::Release);

@@ -64,7 +64,7 @@ impl Spans {
     ///
     /// # Errors
     /// As [`Region::take`] when no free run serves and the region cannot.
-    pub fn take(
+    pub(crate) fn take(
         &self,
         region: &Region,
         n: usize,
@@ -88,7 +88,7 @@ impl Spans {
     /// Gives back the run of `n` spans at `addr`, which [`take`](Self::take)
     /// (or the region) handed out: its memory goes back to the system and
     /// its entries read [`Entry::Unused`] from now on.
-    pub fn give(&self, region: &Region, addr: usize, n: usize) {
+    pub(crate) fn give(&self, region: &Region, addr: usize, n: usize) {
         region.mark(addr, n, |_| Entry::Unused);
         // SAFETY: the run is ours alone (its owner gave it back) and lies in
         // the region's mapping.

@@ -1,7 +1,7 @@
 //! Exact ownership under stress: 6 threads per CPU allocate blocks, write
 //! a unique tag into each, and pass most of them to other threads to free,
 //! with delays injected inside the allocator's sections (feature `inject`),
-//! a storm of signals and yields. No block may be handed out while it is
+//! a storm of signals whose handlers allocate too, and yields. No block may be handed out while it is
 //! live (a registry of live addresses says), and no tag may be found
 //! overwritten. Run on the rseq path, and (in a child) with
 //! `RESTARTABLE_DISABLE=1` on the fallback path; each reports which path
@@ -96,8 +96,25 @@ fn check_and_free(live: &Live, b: Block) {
 
 static SIGNALS: AtomicU64 = AtomicU64::new(0);
 
+static HANDLER_BLOCKS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts, and allocates and frees a small and a large block: the handler
+/// may interrupt the allocator anywhere, its slow paths' locks included,
+/// and must be served without waiting for its own thread.
 extern "C" fn on_signal(_: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::Relaxed);
+    for size in [48, 300_000] {
+        let l = layout(size);
+        // SAFETY: a valid layout; the block is freed at once.
+        unsafe {
+            let p = std::alloc::alloc(l);
+            if !p.is_null() {
+                p.write(1);
+                std::alloc::dealloc(p, l);
+                HANDLER_BLOCKS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 struct Report {
@@ -234,7 +251,7 @@ fn path() -> &'static str {
 #[test]
 fn no_block_is_handed_out_twice_or_overwritten() {
     let before = restartable::stats::stats();
-    let r = stress(10_000);
+    let r = stress(6_000);
     let m = restartable_malloc::stats().unwrap();
     let aborts = restartable::stats::stats()
         .zip(before)
@@ -257,6 +274,10 @@ fn no_block_is_handed_out_twice_or_overwritten() {
     assert_eq!(r.made, r.freed, "every block made was freed once");
     assert!(r.passed > r.made / 2, "most blocks crossed threads");
     assert!(r.signals > 0, "the signal storm reached the workers");
+    assert!(
+        HANDLER_BLOCKS.load(Ordering::Relaxed) > 0,
+        "signal handlers allocated"
+    );
     assert!(m.refills > 0 && m.flushes > 0, "batches moved both ways");
     if std::env::var_os("RESTARTABLE_REQUIRE_RSEQ").is_some_and(|v| v == "1") {
         assert_eq!(path(), "rseq", "this machine must run the rseq path");

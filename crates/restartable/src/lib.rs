@@ -24,7 +24,8 @@
 //!   [`current_mm_cid`], [`possible_cpus`]) are one load from the thread's
 //!   area; the [`fence`] lets one thread work on another CPU's data;
 //!   [`stats`] counts aborts and fallback completions. Set
-//!   `RESTARTABLE_DISABLE=1` to never make the rseq system call.
+//!   `RESTARTABLE_DISABLE=1` to never make the rseq system call (ignored in
+//!   privileged processes, `AT_SECURE`).
 //! - **the sections** ([`section`](mod@section)): the vocabulary of per-CPU operations,
 //!   each one attempt with an explicit [`Outcome`](section::Outcome).
 //! - **the structures** (`structures/`), safe, each with a fallback path

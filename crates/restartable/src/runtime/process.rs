@@ -20,6 +20,9 @@ use crate::{abi, arch};
 /// profile kills on unknown system calls.
 pub const DISABLE_ENV: &str = "RESTARTABLE_DISABLE";
 
+/// `AT_SECURE` (`<linux/auxvec.h>`): nonzero in privileged processes.
+const AT_SECURE: u64 = 23;
+
 /// [`DISABLE_ENV`] for `getenv` (checked equal in the tests).
 const DISABLE_ENV_C: &core::ffi::CStr = c"RESTARTABLE_DISABLE";
 
@@ -55,7 +58,8 @@ impl LibcRseq {
 /// The process-wide facts. See [`process_info`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
-    /// True when [`DISABLE_ENV`] was `1` at first use.
+    /// True when [`DISABLE_ENV`] was `1` at first use (never in a
+    /// privileged process: `getauxval(AT_SECURE)` set).
     pub disabled_by_user: bool,
     /// libc's rseq symbols.
     pub libc: LibcRseq,
@@ -129,7 +133,11 @@ pub(crate) fn possible_cpus() -> usize {
 
 fn detect() -> ProcessInfo {
     ProcessInfo {
-        disabled_by_user: sys::env_bytes(DISABLE_ENV_C).is_some_and(disables),
+        // Ignored in privileged processes (set-user-ID and the like), as
+        // glibc ignores its tunables there: an unprivileged caller must not
+        // change how a privileged program runs.
+        disabled_by_user: sys::auxval(AT_SECURE).is_none()
+            && sys::env_bytes(DISABLE_ENV_C).is_some_and(disables),
         libc: detect_libc(),
         kernel_feature_size: sys::auxval(abi::AT_RSEQ_FEATURE_SIZE)
             .and_then(|v| u32::try_from(v).ok()),
