@@ -187,25 +187,8 @@ impl Caches {
             .checked_mul(STRIDE)
             .filter(|_| ncpus > 0)
             .ok_or(Error::BadLength)?;
-        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            // SAFETY: reads this thread's errno.
-            return Err(Error::Map(unsafe { *libc::__errno_location() }));
-        }
-        Ok(Caches {
-            base: p as usize,
-            ncpus,
-        })
+        let base = crate::region::map(bytes, libc::PROT_READ | libc::PROT_WRITE)?;
+        Ok(Caches { base, ncpus })
     }
 
     /// CPUs covered.

@@ -264,7 +264,9 @@ impl Drop for Region {
     }
 }
 
-fn map(bytes: usize, prot: libc::c_int) -> Result<usize, Error> {
+/// A fresh anonymous private mapping of `bytes` with `prot`, reserved
+/// without swap (`MAP_NORESERVE`): its address.
+pub(crate) fn map(bytes: usize, prot: libc::c_int) -> Result<usize, Error> {
     // SAFETY: a fresh anonymous mapping; no existing memory is touched.
     let p = unsafe {
         libc::mmap(
