@@ -46,6 +46,13 @@ command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 command -v file >/dev/null 2>&1 || missing+=(file)
 command -v nm >/dev/null 2>&1 || missing+=(binutils)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+# The LD_PRELOAD tests build a C program and run real programs under the
+# allocator (crates/restartable-malloc-preload/tests/preload.rs).
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 libpython3-testsuite)
 if ((${#missing[@]})); then
     pkg_install "${missing[@]}"
 fi

@@ -211,6 +211,34 @@ impl Caches {
         }
     }
 
+    /// Empties `cpu`'s cache of `class` into `out` under the cache's guard
+    /// (fencing `cpu`, so no section is inside it): how many objects it
+    /// held. 0 when the cache is empty or its guard is refused (this
+    /// thread holds it, or holds another and this one is busy).
+    pub(crate) fn drain(&self, cpu: usize, class: usize, out: &mut [usize; SLOTS]) -> usize {
+        if cpu >= self.ncpus || class >= crate::classes::COUNT || self.count(cpu, class) == 0 {
+            return 0;
+        }
+        let at = self.base + cpu * STRIDE + class * CACHE;
+        self.guard(cpu, class)
+            .hold(Reach::Cpu(cpu), || {
+                // SAFETY: the count and the slots lie in the mapping; under
+                // the guard, with `cpu` fenced, no section or twin touches
+                // them.
+                unsafe {
+                    let count = &*((at + COUNT) as *const core::sync::atomic::AtomicU64);
+                    let n = (count.load(core::sync::atomic::Ordering::Relaxed) as usize).min(SLOTS);
+                    let slots = (at + 16) as *const usize;
+                    for (k, o) in out.iter_mut().enumerate().take(n) {
+                        *o = *slots.add(k);
+                    }
+                    count.store(0, core::sync::atomic::Ordering::Relaxed);
+                    n
+                }
+            })
+            .unwrap_or(0)
+    }
+
     fn guard(&self, cpu: usize, class: usize) -> &Guard {
         // SAFETY: every cache starts with an 8-aligned word that only the
         // guard protocol writes (sections only read it); zero is free.

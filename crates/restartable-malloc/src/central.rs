@@ -17,6 +17,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::classes::{self, COUNT};
 use crate::lock::Lock;
+use crate::region::{Region, SPAN};
+use crate::spans::Spans;
 
 /// The central lists of every class.
 pub struct Central {
@@ -37,8 +39,13 @@ struct Inner {
     /// The next unused object of the newest run, and the run's end.
     bump: usize,
     end: usize,
-    /// Runs taken for this class.
+    /// Runs taken for this class and not given back.
     runs: usize,
+    /// Objects on `head`'s list (not counting adopted `returned` stacks:
+    /// a hint for [`Central::release`]).
+    free: usize,
+    /// Objects were given back since the last [`Central::release`].
+    dirty: bool,
 }
 
 // SAFETY: `inner`, and the free objects it leads to, are only touched under
@@ -63,6 +70,8 @@ impl Central {
                         bump: 0,
                         end: 0,
                         runs: 0,
+                        free: 0,
+                        dirty: false,
                     }),
                     returned: AtomicUsize::new(0),
                 }
@@ -101,6 +110,7 @@ impl Central {
                 out[n] = inner.head;
                 // SAFETY: a free object's first word names the next.
                 inner.head = unsafe { *(inner.head as *const usize) };
+                inner.free = inner.free.saturating_sub(1);
             } else {
                 if inner.bump + size > inner.end {
                     let Some(run) = grow(classes::run_spans(class)) else {
@@ -131,6 +141,8 @@ impl Central {
                     unsafe { (object as *mut usize).write(inner.head) };
                     inner.head = object;
                 }
+                inner.free += objects.len();
+                inner.dirty = true;
             }
             Err(_) => {
                 for &object in objects {
@@ -151,6 +163,112 @@ impl Central {
                 }
             }
         }
+    }
+
+    /// Gives every run of `class` none of whose objects is in use (all on
+    /// this list) back to `spans`, which returns its memory to the system:
+    /// how many runs. Walks the list twice, counting free objects per run
+    /// in a scratch table mapped for the call; skipped while the list
+    /// cannot hold a whole run.
+    pub(crate) fn release(&self, class: usize, region: &Region, spans: &Spans) -> usize {
+        let list = &self.lists[class];
+        let Ok(_held) = list.lock.lock() else {
+            return 0;
+        };
+        // SAFETY: under the lock.
+        let inner = unsafe { &mut *list.inner.get() };
+        let mut adopted = list.returned.swap(0, Ordering::Acquire);
+        while adopted != 0 {
+            // SAFETY: a free object's first word names the next; it joins
+            // the list under the lock.
+            let next = unsafe { *(adopted as *const usize) };
+            // SAFETY: as above.
+            unsafe { (adopted as *mut usize).write(inner.head) };
+            inner.head = adopted;
+            inner.free += 1;
+            inner.dirty = true;
+            adopted = next;
+        }
+        if !core::mem::take(&mut inner.dirty) {
+            return 0;
+        }
+        let size = classes::size(class);
+        let per_run = classes::objects_per_run(class);
+        if inner.free.saturating_mul(size) < classes::run_bytes(class).min(per_run * size) {
+            return 0;
+        }
+        let Ok(table) = crate::region::map(region.spans() * 4, libc::PROT_READ | libc::PROT_WRITE)
+        else {
+            return 0;
+        };
+        let counts = table as *mut u32;
+        let base = region.base();
+        let run_of = |object: usize| match region.small(object) {
+            Some((c, offset)) if usize::from(c) == class => region.run_start(object, offset),
+            _ => None,
+        };
+        // SAFETY (for every `counts` access below): the index is a span of
+        // the region, inside the table of `region.spans()` words.
+        let count = |run: usize| unsafe { &mut *counts.add((run - base) / SPAN) };
+        // The newest run is only carved up to `bump`: it is whole when all
+        // of its carved objects are free.
+        let newest = (inner.end != 0).then(|| inner.end - per_run * size);
+        let carved = newest.map_or(0, |start| (inner.bump - start) / size);
+        let expected = |run: usize| if newest == Some(run) { carved } else { per_run };
+        let mut at = inner.head;
+        while at != 0 {
+            if let Some(run) = run_of(at) {
+                *count(run) += 1;
+            }
+            // SAFETY: a free object's first word names the next.
+            at = unsafe { *(at as *const usize) };
+        }
+        // Second walk: objects of whole runs leave the list; a run goes
+        // back once its last object is passed (its memory is not read
+        // after that).
+        const WHOLE: u32 = 1 << 31;
+        let (mut released, mut removed) = (0, 0);
+        let mut link: *mut usize = &mut inner.head;
+        // SAFETY: `link` is the head or a kept free object's first word.
+        let mut at = unsafe { *link };
+        while at != 0 {
+            // SAFETY: as above.
+            let next = unsafe { *(at as *const usize) };
+            let whole = run_of(at).filter(|&run| {
+                let c = count(run);
+                if *c & WHOLE == 0 && *c as usize == expected(run) {
+                    *c |= WHOLE;
+                }
+                *c & WHOLE != 0
+            });
+            match whole {
+                Some(run) => {
+                    removed += 1;
+                    let c = count(run);
+                    *c -= 1;
+                    if *c == WHOLE {
+                        if newest == Some(run) {
+                            (inner.bump, inner.end) = (0, 0);
+                        }
+                        inner.runs -= 1;
+                        released += 1;
+                        // SAFETY: `link` is the head or a kept object's
+                        // word, outside this run; unlinked before the run
+                        // goes.
+                        unsafe { *link = next };
+                        spans.give(region, run, classes::run_spans(class));
+                    }
+                }
+                None => link = at as *mut usize,
+            }
+            // SAFETY: as above.
+            unsafe { *link = next };
+            at = next;
+        }
+        inner.free = inner.free.saturating_sub(removed);
+        // SAFETY: the scratch table mapped above.
+        unsafe { libc::munmap(table as *mut libc::c_void, region.spans() * 4) };
+        released
     }
 
     /// Free objects on `class`'s list (given back, not yet handed out from
@@ -219,6 +337,43 @@ mod tests {
         let mut out = vec![0usize; per_run * (runs_that_fit + 1)];
         assert_eq!(central.take(class, &mut out, grow), per_run * runs_that_fit);
         assert_eq!(central.take(class, &mut out[..1], grow), 0);
+    }
+
+    #[test]
+    fn only_runs_with_every_object_free_go_back() {
+        let region = Region::reserve(64).unwrap();
+        let spans = Spans::new();
+        let central = Central::new();
+        let class = classes::class_of(4000).unwrap();
+        let per_run = classes::objects_per_run(class);
+        let grow = |n: usize| {
+            spans
+                .take(&region, n, |k| Entry::Class {
+                    class: class as u8,
+                    offset: k as u8,
+                })
+                .ok()
+        };
+        // Two whole runs and a third carved in part.
+        let mut out = vec![0usize; 2 * per_run + 3];
+        assert_eq!(central.take(class, &mut out, grow), out.len());
+        let first = out[0];
+        // One object of the first run stays in use; the second run and
+        // the carved part of the third come back whole.
+        central.give(class, &out[1..]);
+        assert_eq!(central.release(class, &region, &spans), 2);
+        assert_eq!(central.census(class), (per_run - 1, 1));
+        assert_eq!(region.lookup(out[per_run]), Some(Entry::Unused));
+        assert_eq!(spans.free(&region).1, 2 * classes::run_spans(class));
+        // Nothing given back since: no walk, nothing released.
+        assert_eq!(central.release(class, &region, &spans), 0);
+        central.give(class, &[first]);
+        assert_eq!(central.release(class, &region, &spans), 1);
+        assert_eq!(central.census(class), (0, 0));
+        // The list still serves: a fresh run.
+        let mut again = [0usize; 2];
+        assert_eq!(central.take(class, &mut again, grow), 2);
+        assert_eq!(again[1] - again[0], classes::size(class));
     }
 
     #[test]

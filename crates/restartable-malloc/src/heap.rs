@@ -7,9 +7,20 @@
 //! | up to 256 KiB, alignment up to 256 KiB | a size class: this CPU's cache, else a batch from the central list |
 //! | larger | whole spans, returned to the system when freed |
 //!
-//! A cache holds at most [`cap`] objects of a class (at most 32 KiB of
-//! them, at least one, at most [`SLOTS`]); a refill or a flush moves half
-//! of that between the cache and the central list.
+//! A cache holds at most [`Heap::cap`] objects of a class (at most
+//! `RESTARTABLE_MALLOC_CACHE_KIB`, 32 KiB by default, of them; at least
+//! one, at most [`SLOTS`]); a refill or a flush moves half of that between
+//! the cache and the central list.
+//!
+//! Release policy: a slow path (a refill or a flush) at least
+//! `RESTARTABLE_MALLOC_RELEASE_MS` (1000 by default) after the last
+//! sweep runs one: it drains every CPU's caches into the central lists
+//! (under their guards, through the fence: one per non-empty cache, so
+//! idle CPUs' caches are reclaimed too) and gives every run with no object
+//! in use back to the system (`madvise`). A process that stops allocating
+//! keeps its memory until its next slow path or [`Heap::trim`]
+//! (`malloc_trim`), which sweeps at once. Large allocations go back at
+//! once when freed.
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
@@ -22,42 +33,17 @@ use crate::region::{Entry, Region, MAX_LARGE_SPANS};
 use crate::spans::Spans;
 use crate::tunables::Tunables;
 
-/// Bytes of objects one CPU's cache of a class holds at most.
-const CLASS_BYTES: usize = 32 * 1024;
-
-/// Objects of `class` one CPU caches at most.
-#[inline]
-pub const fn cap(class: usize) -> usize {
-    CAPS[class]
-}
-
-/// [`cap`] by class, as a table: the fast path must not divide.
-const CAPS: [usize; COUNT] = {
-    let mut caps = [0usize; COUNT];
-    let mut c = 0;
-    while c < COUNT {
-        let n = CLASS_BYTES / classes::size(c);
-        caps[c] = if n < 1 {
-            1
-        } else if n > SLOTS {
-            SLOTS
-        } else {
-            n
-        };
-        c += 1;
-    }
-    caps
-};
-
-/// Objects a refill or flush of `class` moves: half the cache, at least
-/// one.
-const fn batch(class: usize) -> usize {
-    let half = cap(class) / 2;
-    if half < 1 {
+/// Objects of `class` a cache of `kib` KiB per class holds: at least one,
+/// at most [`SLOTS`].
+const fn cap_for(class: usize, kib: usize) -> u32 {
+    let n = kib * 1024 / classes::size(class);
+    (if n < 1 {
         1
+    } else if n > SLOTS {
+        SLOTS
     } else {
-        half
-    }
+        n
+    }) as u32
 }
 
 /// Counts of the slow paths, for the statistics (the fast paths count
@@ -71,6 +57,9 @@ pub(crate) struct Counts {
     pub(crate) large_allocs: AtomicUsize,
     pub(crate) large_frees: AtomicUsize,
     pub(crate) failed: AtomicUsize,
+    pub(crate) sweeps: AtomicUsize,
+    pub(crate) drained: AtomicUsize,
+    pub(crate) released_runs: AtomicUsize,
 }
 
 /// The allocator's state.
@@ -81,6 +70,11 @@ pub struct Heap {
     pub(crate) caches: Caches,
     pub(crate) counts: Counts,
     pub(crate) tunables: Tunables,
+    /// [`cap`](Self::cap) by class, as a table: the fast path must not
+    /// divide.
+    caps: [u32; COUNT],
+    /// When the last sweep ran (ms, `CLOCK_MONOTONIC_COARSE`).
+    last_sweep: AtomicU64,
 }
 
 impl Heap {
@@ -94,6 +88,10 @@ impl Heap {
         ncpus: usize,
         tunables: Tunables,
     ) -> Result<Heap, crate::region::Error> {
+        let mut caps = [0; COUNT];
+        for (class, cap) in caps.iter_mut().enumerate() {
+            *cap = cap_for(class, tunables.cache_kib);
+        }
         Ok(Heap {
             region: Region::reserve(spans)?,
             spans: Spans::new(),
@@ -101,7 +99,21 @@ impl Heap {
             caches: Caches::map(ncpus)?,
             counts: Counts::default(),
             tunables,
+            caps,
+            last_sweep: AtomicU64::new(now_ms()),
         })
+    }
+
+    /// Objects of `class` one CPU caches at most.
+    #[inline(always)]
+    pub fn cap(&self, class: usize) -> usize {
+        self.caps[class] as usize
+    }
+
+    /// Objects a refill or flush of `class` moves: half the cache, at least
+    /// one.
+    fn batch(&self, class: usize) -> usize {
+        (self.cap(class) / 2).max(1)
     }
 
     /// `size` bytes aligned to `align` (a power of two); null when no
@@ -149,24 +161,27 @@ impl Heap {
     #[cold]
     fn refill(&self, class: usize) -> *mut u8 {
         let mut buf = [0usize; SLOTS];
-        let n = self.central.take(class, &mut buf[..batch(class)], |spans| {
-            self.spans
-                .take(&self.region, spans, |k| Entry::Class {
-                    class: class as u8,
-                    offset: k as u8,
-                })
-                .ok()
-        });
+        let n = self
+            .central
+            .take(class, &mut buf[..self.batch(class)], |spans| {
+                self.spans
+                    .take(&self.region, spans, |k| Entry::Class {
+                        class: class as u8,
+                        offset: k as u8,
+                    })
+                    .ok()
+            });
         if n == 0 {
             // No memory, or a signal handler inside this thread's own use
             // of the list: a span of its own serves it.
             return self.alloc_large(classes::size(class), classes::alignment(class));
         }
         self.counts.refills.fetch_add(1, Ordering::Relaxed);
+        self.tick();
         let rest = &buf[..n - 1];
         if !rest.is_empty()
             && !matches!(
-                self.caches.push_many(class, cap(class), rest).0,
+                self.caches.push_many(class, self.cap(class), rest).0,
                 Done::Yes(())
             )
         {
@@ -269,7 +284,7 @@ impl Heap {
             return;
         }
         match self.find(p) {
-            Found::Small(class) => match self.caches.push(class, cap(class), p as usize) {
+            Found::Small(class) => match self.caches.push(class, self.cap(class), p as usize) {
                 (Done::Yes(()), path) => {
                     if path == Path::Fallback {
                         self.counts.fallback_ops.fetch_add(1, Ordering::Relaxed);
@@ -293,15 +308,73 @@ impl Heap {
     #[cold]
     fn flush(&self, class: usize, object: usize) {
         self.counts.flushes.fetch_add(1, Ordering::Relaxed);
+        self.tick();
         let mut buf = [0usize; SLOTS];
-        let out = &mut buf[..batch(class)];
+        let out = &mut buf[..self.batch(class)];
         if matches!(self.caches.pop_many(class, out).0, Done::Yes(())) {
             self.central.give(class, out);
-            if matches!(self.caches.push(class, cap(class), object).0, Done::Yes(())) {
+            if matches!(
+                self.caches.push(class, self.cap(class), object).0,
+                Done::Yes(())
+            ) {
                 return;
             }
         }
         self.central.give(class, &[object]);
+    }
+
+    /// The release policy's clock, on a slow path: sweeps when the delay
+    /// has passed since the last sweep.
+    fn tick(&self) {
+        let delay = self.tunables.release_ms;
+        if delay == 0 {
+            return;
+        }
+        let now = now_ms();
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now.wrapping_sub(last) >= delay
+            && self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sweep();
+        }
+    }
+
+    /// Returns free memory to the system now (`malloc_trim`): every CPU's
+    /// cache goes back to the central lists, then every run with no object
+    /// in use goes back to the system. True when some memory went back.
+    /// Does nothing in a thread that holds an allocator lock (a signal
+    /// handler inside the allocator).
+    pub fn trim(&self) -> bool {
+        self.sweep()
+    }
+
+    /// Drains every CPU's caches, then releases whole runs.
+    #[cold]
+    fn sweep(&self) -> bool {
+        if crate::lock::holding() {
+            return false;
+        }
+        self.counts.sweeps.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0usize; SLOTS];
+        for cpu in 0..self.caches.ncpus() {
+            for class in 0..COUNT {
+                let n = self.caches.drain(cpu, class, &mut buf);
+                if n > 0 {
+                    self.central.give(class, &buf[..n]);
+                    self.counts.drained.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+        let released: usize = (0..COUNT)
+            .map(|class| self.central.release(class, &self.region, &self.spans))
+            .sum();
+        self.counts
+            .released_runs
+            .fetch_add(released, Ordering::Relaxed);
+        released > 0
     }
 
     /// Bytes usable at `p`, at least what was asked for (0 for null).
@@ -391,6 +464,18 @@ fn foreign(addr: usize, why: &str) -> ! {
     }
 }
 
+/// Milliseconds of `CLOCK_MONOTONIC_COARSE` (a vDSO read, no system
+/// call).
+fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is ours to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
 /// The smallest reservation tried: 1 GiB.
 const MIN_RESERVE_SPANS: usize = (1 << 30) / SPAN;
 
@@ -474,6 +559,10 @@ fn set_up() -> Option<&'static Heap> {
             STATE.store(READY, Ordering::Release);
             SETTING.set(false);
             at_fork();
+            if tunables.stats_at_exit.is_some() {
+                // SAFETY: a plain function that lives for the program.
+                unsafe { libc::atexit(crate::stats::print_at_exit) };
+            }
             // SAFETY: just written.
             Some(unsafe { (*HEAP.0.get()).assume_init_ref() })
         }

@@ -33,10 +33,13 @@
 //! [`region`] (the address range and its span table), [`lock`],
 //! [`spans`] (runs of spans, reused), [`central`] (the central lists),
 //! [`cache`] (the per-CPU caches and their sections), [`heap`] (all of it,
-//! and the process's one heap), [`tunables`].
+//! and the process's one heap), [`tunables`]; [`cabi`] holds the C
+//! allocator's contract (`errno`, odd arguments) for the `LD_PRELOAD`
+//! library, `librestartable_malloc.so` (crate `restartable-malloc-preload`).
 
 use core::alloc::{GlobalAlloc, Layout};
 
+pub mod cabi;
 pub mod cache;
 pub mod central;
 pub mod classes;
@@ -58,6 +61,16 @@ pub fn path() -> &'static str {
     } else {
         "fallback"
     }
+}
+
+/// Returns free memory to the system now, as `malloc_trim` does: every
+/// CPU's cached objects go back to the central lists (through the fence),
+/// then every run with no object in use goes back (`madvise`). True when
+/// some memory went back; false also before the first allocation. Without
+/// it, the release policy does the same for idle CPUs at most every
+/// `RESTARTABLE_MALLOC_RELEASE_MS` ([`tunables`]).
+pub fn trim() -> bool {
+    cabi::trim()
 }
 
 /// What the per-CPU caches are indexed by: `"cpu_id"` (the CPU number;

@@ -94,6 +94,9 @@ pub struct Region {
     base: usize,
     spans: usize,
     table: *const AtomicU32,
+    /// Two words per span, for the span allocator's free-run nodes: kept
+    /// outside the runs, so a free run stays out of memory entirely.
+    links: *const [AtomicUsize; 2],
     /// Spans handed out so far, from the start.
     used: AtomicUsize,
 }
@@ -119,7 +122,16 @@ impl Region {
             .ok_or(Error::BadLength)?;
         let raw = map(bytes, libc::PROT_NONE)?;
         let base = raw.next_multiple_of(SPAN);
-        let table = match map(spans * 4, libc::PROT_READ | libc::PROT_WRITE) {
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let tables = map(spans * 4, rw).and_then(|table| match map(spans * 16, rw) {
+            Ok(links) => Ok((table, links)),
+            Err(e) => {
+                // SAFETY: unmapping the table just made, unused.
+                unsafe { libc::munmap(table as *mut libc::c_void, spans * 4) };
+                Err(e)
+            }
+        });
+        let (table, links) = match tables {
             Ok(t) => t,
             Err(e) => {
                 // SAFETY: unmapping the reservation just made, unused.
@@ -132,6 +144,7 @@ impl Region {
             base,
             spans,
             table: table as *const AtomicU32,
+            links: links as *const [AtomicUsize; 2],
             used: AtomicUsize::new(0),
         })
     }
@@ -244,6 +257,16 @@ impl Region {
             .filter(|&start| start >= self.base)
     }
 
+    /// The two link words of the span at `addr` (inside the range), for
+    /// the span allocator's free-run nodes; zero until written.
+    pub(crate) fn links(&self, addr: usize) -> &[AtomicUsize; 2] {
+        let span = (addr - self.base) >> SPAN_SHIFT;
+        assert!(span < self.spans, "a link outside the range");
+        // SAFETY: the table holds `spans` pairs, mapped for the region's
+        // life, accessed only through atomics.
+        unsafe { &*self.links.add(span) }
+    }
+
     fn slot(&self, span: usize) -> &AtomicU32 {
         debug_assert!(span < self.spans);
         // SAFETY: the table holds `spans` entries, mapped for the region's
@@ -259,6 +282,7 @@ impl Drop for Region {
         // own `unsafe`, that the region is still alive.
         unsafe {
             libc::munmap(self.table as *mut libc::c_void, self.spans * 4);
+            libc::munmap(self.links as *mut libc::c_void, self.spans * 16);
             libc::munmap(self.raw.0 as *mut libc::c_void, self.raw.1);
         }
     }

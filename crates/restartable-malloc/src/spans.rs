@@ -3,29 +3,23 @@
 //!
 //! A run given back is returned to the operating system at once
 //! (`madvise(MADV_DONTNEED)`: its pages read as zero again and stop
-//! counting as resident) and kept on a free list by length, its node in its
-//! first 16 bytes (so one page of it is resident again while it waits).
+//! counting as resident) and kept on a free list by length, its node in
+//! the region's link table (so none of it is resident while it waits).
 //! A request takes a free run of exactly its length, else splits the
 //! shortest longer one, else takes fresh spans from the region. Runs are
 //! not merged with free neighbours.
 //!
 //! Every run handed out is all zero bytes: fresh spans are, given-back
-//! ones were returned to the system and their node is cleared.
+//! ones were returned to the system and not written since.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::Ordering;
 
 use crate::lock::Lock;
 use crate::region::{Entry, Error, Region, SPAN};
 
 /// Free lists for runs of 1 to `EXACT` spans; longer runs share the last.
 const EXACT: usize = 64;
-
-/// A free run's node, in its first bytes.
-#[repr(C)]
-struct Node {
-    next: usize,
-    spans: usize,
-}
 
 /// The span allocator of one region.
 pub struct Spans {
@@ -77,7 +71,7 @@ impl Spans {
         // lists takes fresh spans, which need no lock.
         if let Ok(_held) = self.lock.lock() {
             // SAFETY: under the lock.
-            if let Some(addr) = unsafe { self.take_free(n) } {
+            if let Some(addr) = unsafe { self.take_free(region, n) } {
                 region.mark(addr, n, entry);
                 return Ok(addr);
             }
@@ -98,12 +92,12 @@ impl Spans {
         // range lost.
         if let Ok(_held) = self.lock.lock() {
             // SAFETY: under the lock; the run is free and ours.
-            unsafe { self.push(addr, n) };
+            unsafe { self.push(region, addr, n) };
         }
     }
 
     /// Free runs and the spans they hold, for the statistics.
-    pub fn free(&self) -> (usize, usize) {
+    pub fn free(&self, region: &Region) -> (usize, usize) {
         let Ok(_held) = self.lock.lock() else {
             return (0, 0);
         };
@@ -113,11 +107,10 @@ impl Spans {
         for &head in heads {
             let mut at = head;
             while at != 0 {
-                // SAFETY: every listed address holds a node.
-                let node = unsafe { &*(at as *const Node) };
+                let (next, n) = node(region, at);
                 runs += 1;
-                spans += node.spans;
-                at = node.next;
+                spans += n;
+                at = next;
             }
         }
         (runs, spans)
@@ -125,13 +118,12 @@ impl Spans {
 
     /// # Safety
     /// The lock is held.
-    unsafe fn take_free(&self, n: usize) -> Option<usize> {
+    unsafe fn take_free(&self, region: &Region, n: usize) -> Option<usize> {
         // SAFETY: the caller holds the lock.
         let heads = unsafe { &mut *self.heads.get() };
-        let found = if n <= EXACT && heads[n - 1] != 0 {
+        let (at, len) = if n <= EXACT && heads[n - 1] != 0 {
             let at = heads[n - 1];
-            // SAFETY: a listed run holds its node.
-            heads[n - 1] = unsafe { (*(at as *const Node)).next };
+            heads[n - 1] = node(region, at).0;
             (at, n)
         } else {
             // The shortest longer exact list, else the first long run that
@@ -139,35 +131,31 @@ impl Spans {
             let from = n.min(EXACT);
             if let Some(len) = (from + 1..=EXACT).find(|&len| heads[len - 1] != 0) {
                 let at = heads[len - 1];
-                // SAFETY: as above.
-                heads[len - 1] = unsafe { (*(at as *const Node)).next };
+                heads[len - 1] = node(region, at).0;
                 (at, len)
             } else {
-                let mut link: *mut usize = &mut heads[EXACT];
+                let mut prev = 0;
+                let mut at = heads[EXACT];
                 loop {
-                    // SAFETY: `link` is a list head or a listed node's `next`.
-                    let at = unsafe { *link };
                     if at == 0 {
                         return None;
                     }
-                    // SAFETY: a listed run holds its node.
-                    let node = unsafe { &mut *(at as *mut Node) };
-                    if node.spans >= n {
-                        // SAFETY: as above.
-                        unsafe { *link = node.next };
-                        break (at, node.spans);
+                    let (next, spans) = node(region, at);
+                    if spans >= n {
+                        if prev == 0 {
+                            heads[EXACT] = next;
+                        } else {
+                            set_node(region, prev, next, node(region, prev).1);
+                        }
+                        break (at, spans);
                     }
-                    link = &mut node.next;
+                    (prev, at) = (at, next);
                 }
             }
         };
-        let (at, len) = found;
-        // SAFETY: the run is ours now; its node is cleared so that the whole
-        // run reads as zero.
-        unsafe { (at as *mut Node).write(Node { next: 0, spans: 0 }) };
         if len > n {
             // SAFETY: the rest of the run is free and ours, under the lock.
-            unsafe { self.push(at + n * SPAN, len - n) };
+            unsafe { self.push(region, at + n * SPAN, len - n) };
         }
         Some(at)
     }
@@ -175,19 +163,26 @@ impl Spans {
     /// # Safety
     /// The lock is held; the `n` spans at `addr` are free and belong to
     /// nobody.
-    unsafe fn push(&self, addr: usize, n: usize) {
+    unsafe fn push(&self, region: &Region, addr: usize, n: usize) {
         // SAFETY: the caller holds the lock.
         let heads = unsafe { &mut *self.heads.get() };
         let list = &mut heads[n.min(EXACT + 1) - 1];
-        // SAFETY: the run is free, writable, and ours.
-        unsafe {
-            (addr as *mut Node).write(Node {
-                next: *list,
-                spans: n,
-            })
-        };
+        set_node(region, addr, *list, n);
         *list = addr;
     }
+}
+
+/// The node of the free run at `addr`: the next run on its list (0 for
+/// none) and its length. Only the lock's holder reads and writes nodes.
+fn node(region: &Region, addr: usize) -> (usize, usize) {
+    let [next, spans] = region.links(addr);
+    (next.load(Ordering::Relaxed), spans.load(Ordering::Relaxed))
+}
+
+fn set_node(region: &Region, addr: usize, next: usize, spans: usize) {
+    let [n, s] = region.links(addr);
+    n.store(next, Ordering::Relaxed);
+    s.store(spans, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -217,11 +212,11 @@ mod tests {
         }
         spans.give(&region, a, 3);
         assert_eq!(region.lookup(a), Some(Entry::Unused));
-        assert_eq!(spans.free(), (1, 3));
+        assert_eq!(spans.free(&region), (1, 3));
         // Exact fit first, then a split of the longer run.
         let c = spans.take(&region, 2, large(2)).unwrap();
         assert_eq!(c, a, "the free run is split");
-        assert_eq!(spans.free(), (1, 1));
+        assert_eq!(spans.free(&region), (1, 1));
         assert_eq!(region.lookup(c + SPAN), Some(Entry::LargeTail));
         let d = spans.take(&region, 1, large(1)).unwrap();
         assert_eq!(d, a + 2 * SPAN, "the rest of the split run");
@@ -245,9 +240,9 @@ mod tests {
         spans.give(&region, a, 100);
         spans.give(&region, b, 200);
         assert_eq!(spans.take(&region, 150, large(150)).unwrap(), b);
-        assert_eq!(spans.free(), (2, 150));
+        assert_eq!(spans.free(&region), (2, 150));
         assert_eq!(spans.take(&region, 70, large(70)).unwrap(), a);
-        assert_eq!(spans.free(), (2, 80), "30 left of a, 50 of b");
+        assert_eq!(spans.free(&region), (2, 80), "30 left of a, 50 of b");
         assert_eq!(spans.take(&region, 30, large(30)).unwrap(), a + 70 * SPAN);
     }
 }

@@ -45,6 +45,17 @@ pub struct Stats {
     pub large_frees: usize,
     /// Requests that got null (no memory, or a size too large).
     pub failed: usize,
+    /// Sweeps run (the release policy's, and `trim`'s).
+    pub sweeps: usize,
+    /// Objects sweeps took from idle CPUs' caches.
+    pub drained: usize,
+    /// Runs of small objects given back to the system by sweeps.
+    pub released_runs: usize,
+    /// Critical sections aborted, all of the process's (the runtime's
+    /// count, `None` unless built with its `abort-stats` feature).
+    pub aborts: Option<u64>,
+    /// Bytes in the per-CPU caches, by CPU (index = CPU).
+    pub cached_by_cpu: Vec<usize>,
     /// CPUs with caches.
     pub cpus: usize,
     /// The tunables in force.
@@ -57,7 +68,7 @@ pub struct Stats {
 pub fn stats() -> Option<Stats> {
     let h = heap::heap_if_ready()?;
     let c = &h.counts;
-    let (_, free_spans) = h.spans.free();
+    let (_, free_spans) = h.spans.free(&h.region);
     let classes = (0..COUNT)
         .map(|class| {
             let (central, runs) = h.central.census(class);
@@ -83,7 +94,133 @@ pub fn stats() -> Option<Stats> {
         large_allocs: c.large_allocs.load(Ordering::Relaxed),
         large_frees: c.large_frees.load(Ordering::Relaxed),
         failed: c.failed.load(Ordering::Relaxed),
+        sweeps: c.sweeps.load(Ordering::Relaxed),
+        drained: c.drained.load(Ordering::Relaxed),
+        released_runs: c.released_runs.load(Ordering::Relaxed),
+        aborts: restartable::stats::stats().map(|s| s.aborts),
+        cached_by_cpu: (0..h.caches.ncpus())
+            .map(|cpu| {
+                (0..COUNT)
+                    .map(|class| h.caches.count(cpu, class) * classes::size(class))
+                    .sum()
+            })
+            .collect(),
         cpus: h.caches.ncpus(),
         tunables: h.tunables,
     })
+}
+
+impl core::fmt::Display for Stats {
+    /// The report `RESTARTABLE_MALLOC_STATS=1` prints at exit.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        writeln!(
+            f,
+            "restartable-malloc statistics (pid {})",
+            std::process::id()
+        )?;
+        writeln!(
+            f,
+            "  path: {} (this thread), index: {}, CPUs with caches: {}",
+            crate::path(),
+            crate::INDEX,
+            self.cpus
+        )?;
+        writeln!(
+            f,
+            "  reserved {:.0} MiB, mapped {:.1} MiB, returned (free spans) {:.1} MiB",
+            mib(self.reserved),
+            mib(self.mapped),
+            mib(self.returned)
+        )?;
+        writeln!(
+            f,
+            "  refills {}, flushes {}, frees straight to a central list {}, fallback operations {}",
+            self.refills, self.flushes, self.central_direct, self.fallback_ops
+        )?;
+        match self.aborts {
+            Some(n) => writeln!(f, "  rseq aborts {n}")?,
+            None => writeln!(
+                f,
+                "  rseq aborts: not counted (runtime built without abort-stats)"
+            )?,
+        }
+        writeln!(
+            f,
+            "  large allocations {}, large frees {}, failed requests {}",
+            self.large_allocs, self.large_frees, self.failed
+        )?;
+        writeln!(
+            f,
+            "  sweeps {}, objects drained from idle caches {}, runs released {}",
+            self.sweeps, self.drained, self.released_runs
+        )?;
+        let t = &self.tunables;
+        writeln!(
+            f,
+            "  tunables: cache {} KiB per class, release delay {} ms{}",
+            t.cache_kib,
+            t.release_ms,
+            if t.secure {
+                " (privileged: environment ignored)"
+            } else {
+                ""
+            }
+        )?;
+        write!(f, "  bytes cached by CPU:")?;
+        for (cpu, &b) in self
+            .cached_by_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b > 0)
+        {
+            write!(f, " {cpu}:{b}")?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "  {:>7} {:>9} {:>9} {:>6}",
+            "class", "cached", "central", "runs"
+        )?;
+        for c in self
+            .classes
+            .iter()
+            .filter(|c| c.cached + c.central + c.runs > 0)
+        {
+            writeln!(
+                f,
+                "  {:>7} {:>9} {:>9} {:>6}",
+                c.size, c.cached, c.central, c.runs
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints the statistics to standard error (at exit, when
+/// `RESTARTABLE_MALLOC_STATS=1`).
+pub(crate) extern "C" fn print_at_exit() {
+    let Some(s) = stats() else {
+        return;
+    };
+    let text = s.to_string();
+    let to = s.tunables.stats_at_exit.filter(|p| p.to_bytes() != b"1");
+    // SAFETY: opening the file named by the variable (NUL-terminated),
+    // writing our own buffer, closing what we opened.
+    unsafe {
+        let fd = match to {
+            Some(path) => libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+                0o644,
+            ),
+            None => 2,
+        };
+        if fd >= 0 {
+            libc::write(fd, text.as_ptr().cast(), text.len());
+            if fd != 2 {
+                libc::close(fd);
+            }
+        }
+    }
 }

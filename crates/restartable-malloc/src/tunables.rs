@@ -6,6 +6,12 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `RESTARTABLE_MALLOC_RESERVE_GIB` | address space reserved at start, in GiB (1 to 65536); never committed until used; halved, down to 1 GiB, while the system refuses it | 64 |
+//! | `RESTARTABLE_MALLOC_CACHE_KIB` | the most bytes of one size class a CPU's cache holds, in KiB (1 to 1024; at least one object, at most 62) | 32 |
+//! | `RESTARTABLE_MALLOC_RELEASE_MS` | the release delay, in ms (0 to 3600000): the first slow path (a cache refill or flush) this long after the last sweeps: every CPU's caches drain to the central lists and runs with no object in use go back to the system; 0: only `malloc_trim` / [`trim`](crate::trim) does | 1000 |
+//! | `RESTARTABLE_MALLOC_STATS` | `1`: print the statistics to standard error at exit; an absolute path: append them to that file (one report per process, for programs that start others) | unset |
+//!
+//! `RESTARTABLE_DISABLE=1` (the runtime's variable, also ignored under
+//! `AT_SECURE`) puts every thread on the fallback path.
 
 use crate::classes::SPAN;
 
@@ -14,12 +20,35 @@ use crate::classes::SPAN;
 pub struct Tunables {
     /// GiB of address space to reserve.
     pub reserve_gib: usize,
+    /// KiB of one class a CPU's cache holds at most.
+    pub cache_kib: usize,
+    /// The release delay in ms; 0: release only when asked.
+    pub release_ms: u64,
+    /// Print the statistics at exit: to standard error (`Some("1")`) or
+    /// appended to the file named.
+    pub stats_at_exit: Option<&'static core::ffi::CStr>,
     /// The process is privileged: every variable was ignored.
     pub secure: bool,
 }
 
 /// The default reservation, in GiB.
 pub const DEFAULT_RESERVE_GIB: usize = 64;
+/// The default cache size per CPU and class, in KiB.
+pub const DEFAULT_CACHE_KIB: usize = 32;
+/// The default release delay, in ms.
+pub const DEFAULT_RELEASE_MS: u64 = 1000;
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Tunables {
+            reserve_gib: DEFAULT_RESERVE_GIB,
+            cache_kib: DEFAULT_CACHE_KIB,
+            release_ms: DEFAULT_RELEASE_MS,
+            stats_at_exit: None,
+            secure: false,
+        }
+    }
+}
 
 impl Tunables {
     /// Reads the environment (unless the process is privileged).
@@ -32,6 +61,20 @@ impl Tunables {
                 .and_then(parse)
                 .filter(|g| (1..=65536).contains(g))
                 .unwrap_or(DEFAULT_RESERVE_GIB),
+            cache_kib: var(c"RESTARTABLE_MALLOC_CACHE_KIB")
+                .and_then(parse)
+                .filter(|k| (1..=1024).contains(k))
+                .unwrap_or(DEFAULT_CACHE_KIB),
+            release_ms: var(c"RESTARTABLE_MALLOC_RELEASE_MS")
+                .and_then(parse)
+                .filter(|&ms| ms <= 3_600_000)
+                .map_or(DEFAULT_RELEASE_MS, |ms| ms as u64),
+            stats_at_exit: if secure {
+                None
+            } else {
+                env_c(c"RESTARTABLE_MALLOC_STATS")
+                    .filter(|v| v.to_bytes() == b"1" || v.to_bytes().starts_with(b"/"))
+            },
             secure,
         }
     }
@@ -39,6 +82,15 @@ impl Tunables {
     /// Spans of the reservation.
     pub fn reserve_spans(&self) -> usize {
         self.reserve_gib * ((1 << 30) / SPAN)
+    }
+}
+
+/// Variable `name`, if set.
+fn env_c(name: &core::ffi::CStr) -> Option<&'static core::ffi::CStr> {
+    // SAFETY: as in `env`.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        (!p.is_null()).then(|| core::ffi::CStr::from_ptr(p))
     }
 }
 
@@ -73,7 +125,7 @@ mod tests {
         }
         let t = Tunables {
             reserve_gib: 2,
-            secure: false,
+            ..Tunables::default()
         };
         assert_eq!(t.reserve_spans() * SPAN, 2 << 30);
     }
