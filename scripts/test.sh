@@ -52,7 +52,11 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
-command -v python3 >/dev/null 2>&1 || missing+=(python3 libpython3-testsuite)
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 libpython3-testsuite)
+elif ! python3 -c 'import test.support' >/dev/null 2>&1; then
+    missing+=(libpython3-testsuite) # Debian's python3 ships its test suite apart
+fi
 if ((${#missing[@]})); then
     pkg_install "${missing[@]}"
 fi

@@ -39,8 +39,9 @@ enum Taken {
 }
 
 /// Runs `cmd` with the library preloaded on `path`; its output, after
-/// checking that it succeeded and that every process it ran (itself and
-/// the programs it started) reported, at exit, the path asked for.
+/// checking that it succeeded, that it reported its statistics at exit,
+/// and that every report (its own and those of the programs it started
+/// that exited through `exit`) names the path asked for.
 fn preloaded(cmd: &mut Command, path: Taken, what: &str) -> Output {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let reports = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -105,24 +106,40 @@ fn preloaded(cmd: &mut Command, path: Taken, what: &str) -> Output {
     out
 }
 
+/// Builds `tests/c/hostile.c`, and the 24 copies of `tests/c/tlslib.c`
+/// its `dltls` check opens, into a folder of their own: the program.
 fn hostile(path: Taken) -> PathBuf {
     let dir = scratch(&format!("hostile-{path:?}"));
+    let c = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    let cc = |args: &[&str], out: &Path, src: &str| {
+        let status = Command::new("cc")
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .arg(c.join(src))
+            .args(["-lpthread", "-ldl"])
+            .status()
+            .expect("cc");
+        assert!(status.success(), "building {src}");
+    };
     let exe = dir.join("hostile");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/hostile.c");
-    let status = Command::new("cc")
-        .args(["-O1", "-g", "-Wall", "-Wno-alloc-size-larger-than", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .args(["-lpthread", "-ldl"])
-        .status()
-        .expect("cc");
-    assert!(status.success(), "building {}", src.display());
+    cc(
+        &["-O1", "-g", "-Wall", "-Wno-alloc-size-larger-than"],
+        &exe,
+        "hostile.c",
+    );
+    let tls0 = dir.join("libtls0.so");
+    cc(&["-O1", "-shared", "-fPIC"], &tls0, "tlslib.c");
+    for k in 1..24 {
+        std::fs::copy(&tls0, dir.join(format!("libtls{k}.so"))).expect("copy");
+    }
     exe
 }
 
-const CHECKS: [&str; 8] = [
+const CHECKS: [&str; 9] = [
     "conformance",
     "dlsym",
+    "dltls",
     "tls",
     "signals",
     "fork",
@@ -133,7 +150,13 @@ const CHECKS: [&str; 8] = [
 
 fn hostile_callers(path: Taken) {
     let exe = hostile(path);
-    let out = preloaded(Command::new(&exe).args(CHECKS), path, "hostile callers");
+    let out = preloaded(
+        Command::new(&exe)
+            .args(CHECKS)
+            .env("HOSTILE_TLS_DIR", exe.parent().expect("its folder")),
+        path,
+        "hostile callers",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     for check in CHECKS {

@@ -18,7 +18,9 @@
 //!
 //! Every result is aligned to 16 bytes at least (`max_align_t` on the
 //! 64-bit targets), `malloc(0)` returns a unique pointer, `free(NULL)` does
-//! nothing, and `errno` is left alone on success.
+//! nothing, and `free` leaves `errno` as it was (POSIX.1-2024; glibc 2.33
+//! and later); the other calls may change it on success, as POSIX allows
+//! (a slow path's system calls).
 
 use crate::heap::{heap, Heap};
 
@@ -73,8 +75,10 @@ pub unsafe fn free(p: *mut u8) {
         return;
     }
     if let Some(h) = heap() {
+        let saved = errno();
         // SAFETY: the caller's contract.
         unsafe { h.free(p) };
+        set_errno(saved);
     }
 }
 

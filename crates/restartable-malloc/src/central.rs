@@ -31,6 +31,8 @@ struct List {
     inner: UnsafeCell<Inner>,
     /// Objects given back while the lock was the giver's own.
     returned: AtomicUsize,
+    /// How many (a hint, added to `free` when the stack is adopted).
+    returned_count: AtomicUsize,
 }
 
 struct Inner {
@@ -74,6 +76,7 @@ impl Central {
                         dirty: false,
                     }),
                     returned: AtomicUsize::new(0),
+                    returned_count: AtomicUsize::new(0),
                 }
             }; COUNT],
         }
@@ -105,6 +108,10 @@ impl Central {
         while n < out.len() {
             if inner.head == 0 {
                 inner.head = list.returned.swap(0, Ordering::Acquire);
+                if inner.head != 0 {
+                    inner.free += list.returned_count.swap(0, Ordering::Relaxed);
+                    inner.dirty = true;
+                }
             }
             if inner.head != 0 {
                 out[n] = inner.head;
@@ -161,6 +168,8 @@ impl Central {
                         }
                     }
                 }
+                list.returned_count
+                    .fetch_add(objects.len(), Ordering::Relaxed);
             }
         }
     }
@@ -171,9 +180,25 @@ impl Central {
     /// in a scratch table mapped for the call; skipped while the list
     /// cannot hold a whole run.
     pub(crate) fn release(&self, class: usize, region: &Region, spans: &Spans) -> usize {
+        // The runs are given back after the list's lock is dropped: taken
+        // with it held, a busy span lock would refuse them (a holder never
+        // waits), losing their address range.
+        let (mut run, released) = self.unlink_whole_runs(class, region);
+        while run != 0 {
+            let next = region.links(run)[0].load(Ordering::Relaxed);
+            spans.give(region, run, classes::run_spans(class));
+            run = next;
+        }
+        released
+    }
+
+    /// The part of [`release`](Self::release) under the lock: unlinks the
+    /// objects of every whole run and returns those runs, chained through
+    /// the first word of their link table entries, and how many.
+    fn unlink_whole_runs(&self, class: usize, region: &Region) -> (usize, usize) {
         let list = &self.lists[class];
         let Ok(_held) = list.lock.lock() else {
-            return 0;
+            return (0, 0);
         };
         // SAFETY: under the lock.
         let inner = unsafe { &mut *list.inner.get() };
@@ -189,18 +214,22 @@ impl Central {
             inner.dirty = true;
             adopted = next;
         }
-        if !core::mem::take(&mut inner.dirty) {
-            return 0;
+        list.returned_count.store(0, Ordering::Relaxed);
+        if !inner.dirty {
+            return (0, 0);
         }
         let size = classes::size(class);
         let per_run = classes::objects_per_run(class);
-        if inner.free.saturating_mul(size) < classes::run_bytes(class).min(per_run * size) {
-            return 0;
+        if inner.free.saturating_mul(size) < per_run * size {
+            // Not a run's worth on the list: nothing can be whole (the
+            // list stays dirty, and is looked at again next time).
+            return (0, 0);
         }
         let Ok(table) = crate::region::map(region.spans() * 4, libc::PROT_READ | libc::PROT_WRITE)
         else {
-            return 0;
+            return (0, 0);
         };
+        inner.dirty = false;
         let counts = table as *mut u32;
         let base = region.base();
         let run_of = |object: usize| match region.small(object) {
@@ -223,11 +252,10 @@ impl Central {
             // SAFETY: a free object's first word names the next.
             at = unsafe { *(at as *const usize) };
         }
-        // Second walk: objects of whole runs leave the list; a run goes
-        // back once its last object is passed (its memory is not read
-        // after that).
+        // Second walk: objects of whole runs leave the list; a run joins
+        // the chain once its last object is passed.
         const WHOLE: u32 = 1 << 31;
-        let (mut released, mut removed) = (0, 0);
+        let (mut chain, mut released, mut removed) = (0, 0, 0);
         let mut link: *mut usize = &mut inner.head;
         // SAFETY: `link` is the head or a kept free object's first word.
         let mut at = unsafe { *link };
@@ -252,11 +280,10 @@ impl Central {
                         }
                         inner.runs -= 1;
                         released += 1;
-                        // SAFETY: `link` is the head or a kept object's
-                        // word, outside this run; unlinked before the run
-                        // goes.
-                        unsafe { *link = next };
-                        spans.give(region, run, classes::run_spans(class));
+                        // The run's link entry is unused while the run is
+                        // in use (the span allocator's, once it is free).
+                        region.links(run)[0].store(chain, Ordering::Relaxed);
+                        chain = run;
                     }
                 }
                 None => link = at as *mut usize,
@@ -268,7 +295,7 @@ impl Central {
         inner.free = inner.free.saturating_sub(removed);
         // SAFETY: the scratch table mapped above.
         unsafe { libc::munmap(table as *mut libc::c_void, region.spans() * 4) };
-        released
+        (chain, released)
     }
 
     /// Free objects on `class`'s list (given back, not yet handed out from
@@ -359,8 +386,14 @@ mod tests {
         assert_eq!(central.take(class, &mut out, grow), out.len());
         let first = out[0];
         // One object of the first run stays in use; the second run and
-        // the carved part of the third come back whole.
-        central.give(class, &out[1..]);
+        // the carved part of the third come back whole. Given back
+        // interleaved, so that kept and removed objects alternate.
+        let mut back: Vec<usize> = (0..per_run)
+            .flat_map(|k| [out[k], out[per_run + k]])
+            .filter(|&o| o != out[0])
+            .collect();
+        back.extend_from_slice(&out[2 * per_run..]);
+        central.give(class, &back);
         assert_eq!(central.release(class, &region, &spans), 2);
         assert_eq!(central.census(class), (per_run - 1, 1));
         assert_eq!(region.lookup(out[per_run]), Some(Entry::Unused));

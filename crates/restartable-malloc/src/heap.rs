@@ -16,7 +16,8 @@
 //! `RESTARTABLE_MALLOC_RELEASE_MS` (1000 by default) after the last
 //! sweep runs one: it drains every CPU's caches into the central lists
 //! (under their guards, through the fence: one per non-empty cache, so
-//! idle CPUs' caches are reclaimed too) and gives every run with no object
+//! the caches of CPUs no thread runs on any more are reclaimed too; the
+//! busy ones refill at their next call) and gives every run with no object
 //! in use back to the system (`madvise`). A process that stops allocating
 //! keeps its memory until its next slow path or [`Heap::trim`]
 //! (`malloc_trim`), which sweeps at once. Large allocations go back at
@@ -333,6 +334,7 @@ impl Heap {
         let now = now_ms();
         let last = self.last_sweep.load(Ordering::Relaxed);
         if now.wrapping_sub(last) >= delay
+            && !crate::lock::holding()
             && self
                 .last_sweep
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -348,6 +350,7 @@ impl Heap {
     /// Does nothing in a thread that holds an allocator lock (a signal
     /// handler inside the allocator).
     pub fn trim(&self) -> bool {
+        self.last_sweep.store(now_ms(), Ordering::Relaxed);
         self.sweep()
     }
 

@@ -67,7 +67,7 @@ pub fn path() -> &'static str {
 /// CPU's cached objects go back to the central lists (through the fence),
 /// then every run with no object in use goes back (`madvise`). True when
 /// some memory went back; false also before the first allocation. Without
-/// it, the release policy does the same for idle CPUs at most every
+/// it, the release policy does the same at most every
 /// `RESTARTABLE_MALLOC_RELEASE_MS` ([`tunables`]).
 pub fn trim() -> bool {
     cabi::trim()

@@ -86,7 +86,14 @@ impl Spans {
         region.mark(addr, n, |_| Entry::Unused);
         // SAFETY: the run is ours alone (its owner gave it back) and lies in
         // the region's mapping.
-        unsafe { libc::madvise(addr as *mut libc::c_void, n * SPAN, libc::MADV_DONTNEED) };
+        let returned =
+            unsafe { libc::madvise(addr as *mut libc::c_void, n * SPAN, libc::MADV_DONTNEED) } == 0;
+        if !returned {
+            // Refused (locked memory: `mlockall`): runs are handed out
+            // zeroed, so zero it by hand.
+            // SAFETY: as above.
+            unsafe { core::ptr::write_bytes(addr as *mut u8, 0, n * SPAN) };
+        }
         // A signal handler that interrupted this thread's own use of the
         // lists cannot list the run: its memory is returned, its address
         // range lost.

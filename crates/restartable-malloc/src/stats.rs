@@ -47,7 +47,7 @@ pub struct Stats {
     pub failed: usize,
     /// Sweeps run (the release policy's, and `trim`'s).
     pub sweeps: usize,
-    /// Objects sweeps took from idle CPUs' caches.
+    /// Objects sweeps drained from the per-CPU caches.
     pub drained: usize,
     /// Runs of small objects given back to the system by sweeps.
     pub released_runs: usize,
@@ -152,7 +152,7 @@ impl core::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  sweeps {}, objects drained from idle caches {}, runs released {}",
+            "  sweeps {}, objects drained from caches {}, runs released {}",
             self.sweeps, self.drained, self.released_runs
         )?;
         let t = &self.tunables;

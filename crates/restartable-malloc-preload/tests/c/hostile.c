@@ -2,7 +2,10 @@
 // (tests/preload.rs builds and runs it). Each check prints one line and
 // exits non-zero at the first failure.
 //
-//   hostile conformance | early | dlsym | tls | signals | fork | churn | exchange | release
+//   hostile [conformance] [dlsym] [dltls] [tls] [signals] [fork] [churn] [exchange] [release]
+//
+// Allocations before main run in every mode (a constructor); `dltls`
+// dlopens $HOSTILE_TLS_DIR/libtls0.so ... libtls23.so.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -31,6 +34,8 @@ static void (*free_aligned_sized)(void *, size_t, size_t);
             exit(1);                                                       \
         }                                                                  \
     } while (0)
+
+static volatile int stop;
 
 // --- before main: the loader and libc's start-up call malloc first --------
 static void *early_block;
@@ -162,10 +167,55 @@ static int dl(void) {
         if (!h) h = dlopen("libm.so.6", RTLD_NOW | RTLD_LOCAL);
         CHECK(h, "dlopen: %s", dlerror());
         CHECK(dlsym(h, "zlibVersion") || dlsym(h, "cos"), "dlsym");
-        CHECK(dlsym(RTLD_DEFAULT, "malloc") == (void *)malloc, "our malloc");
+        // glibc 2.36 has no free_sized: found, it is the preloaded one.
+        CHECK(dlsym(RTLD_DEFAULT, "free_sized"), "the preloaded library is in the lookup");
         dlclose(h);
     }
     printf("dlsym ok\n");
+    return 0;
+}
+
+// --- dlopen of many TLS libraries while threads use them -------------------
+// Each new module makes every thread's TLS vector grow at its next use,
+// inside __tls_get_addr, through malloc (which itself uses TLS).
+enum { TLS_LIBS = 24 };
+typedef long (*touch_fn)(long);
+static touch_fn touches[TLS_LIBS];
+static volatile int opened;
+static void *tls_user(void *arg) {
+    long v = (long)(uintptr_t)arg, sum = 0;
+    while (!stop) {
+        int n = __atomic_load_n(&opened, __ATOMIC_ACQUIRE);
+        for (int i = 0; i < n; i++) sum += touches[i](v++);
+        free(malloc(64 + v % 512));
+    }
+    return (void *)sum;
+}
+static int dltls(void) {
+    const char *dir = getenv("HOSTILE_TLS_DIR");
+    CHECK(dir, "HOSTILE_TLS_DIR is not set");
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, tls_user, (void *)(uintptr_t)i);
+    void *handles[TLS_LIBS];
+    for (int i = 0; i < TLS_LIBS; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/libtls%d.so", dir, i);
+        handles[i] = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        CHECK(handles[i], "dlopen %s: %s", path, dlerror());
+        touches[i] = (touch_fn)dlsym(handles[i], "tls_touch");
+        CHECK(touches[i], "dlsym tls_touch");
+        __atomic_store_n(&opened, i + 1, __ATOMIC_RELEASE);
+        usleep(2000);
+    }
+    // Threads started after the libraries were loaded, too.
+    pthread_t late[4];
+    for (int i = 0; i < 4; i++) pthread_create(&late[i], NULL, tls_user, (void *)(uintptr_t)(i + 4));
+    usleep(50000);
+    stop = 1;
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++) pthread_join(late[i], NULL);
+    stop = 0;
+    printf("dltls ok: %d TLS libraries opened while 8 threads used them\n", TLS_LIBS);
     return 0;
 }
 
@@ -212,7 +262,6 @@ static void on_signal(int sig) {
     in_handler_ops = in_handler_ops + 1;
     errno = saved;
 }
-static volatile int stop;
 static void *allocating(void *arg) {
     unsigned long seed = (unsigned long)(uintptr_t)arg, sum = 0;
     void *held[64] = {0};
@@ -403,6 +452,7 @@ int main(int argc, char **argv) {
         if (!strcmp(m, "conformance")) conformance();
         else if (!strcmp(m, "dlsym")) dl();
         else if (!strcmp(m, "tls")) tls();
+        else if (!strcmp(m, "dltls")) dltls();
         else if (!strcmp(m, "signals")) signals();
         else if (!strcmp(m, "fork")) forks();
         else if (!strcmp(m, "churn")) churn();
