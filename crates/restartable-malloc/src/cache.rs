@@ -13,7 +13,18 @@
 //! | 16 | [`SLOTS`] slots: object addresses, `slot[..count]` cached |
 //!
 //! A section is handed the address of its class's cache in CPU 0's block,
-//! `caches`, and finds the current CPU's at `caches + (cpu << 15)`.
+//! `caches`, and finds the current CPU's at `caches + (id << 15)`.
+//!
+//! A block belongs to a CPU number (`cpu_id`, the default) or to a
+//! concurrency id (`mm_cid`, `RESTARTABLE_MALLOC_INDEX=mm_cid`): each
+//! section exists in both flavours (`pop` and `pop_cid`, ...), with one
+//! body. `mm_cid`s are dense, below the number of threads running at once,
+//! so a process with 4 threads on 64 CPUs touches 4 blocks, not 64; but an
+//! `mm_cid` moves between CPUs, so a guard holder on an `mm_cid` block
+//! fences every CPU rather than one. A thread without rseq has no
+//! `mm_cid`; its twin runs on the block of its CPU number, under that
+//! block's guard, which excludes the sections of whichever thread has that
+//! `mm_cid`.
 //!
 //! The sections ([`pop`], [`push`], and the batch forms [`pop_many`],
 //! [`push_many`]) are written in the section language
@@ -41,7 +52,51 @@ const COUNT: usize = 8;
 const _: () = assert!(CACHE * crate::classes::COUNT <= STRIDE);
 const _: () = assert!(16 + SLOTS * 8 == CACHE);
 
-restartable::section! {
+/// Expands one section twice: indexed by `cpu_id` (`$cpu`) and by `mm_cid`
+/// (`$cid`), with the same body.
+macro_rules! both_indexes {
+    ([$cpu:ident, $cid:ident] $(#[$m:meta])* fn $($rest:tt)*) => {
+        restartable::section! { #[index(cpu_id)] $(#[$m])* pub unsafe fn $cpu $($rest)* }
+        restartable::section! { #[index(mm_cid)] $(#[$m])* pub unsafe fn $cid $($rest)* }
+    };
+}
+
+/// One cache operation through [`Caches::op`]: the flavour of the
+/// section the caches' index selects through rseq, the `cpu_id` flavour's
+/// twin under the guard, and `$verdict` on the run either gives (`$s`
+/// names the flavour's module there).
+macro_rules! cache_op {
+    ($caches:expr, $class:expr, [$cpu:ident, $cid:ident], ($($arg:expr),*),
+     |$run:ident, $s:ident| $verdict:expr) => {{
+        let (base, n) = ($caches.ptr($class), $caches.ncpus as u64);
+        $caches.op(
+            $class,
+            |t| match $caches.index {
+                // SAFETY (both): the caches map `ncpus` blocks laid out as
+                // this module says, written only by these sections and
+                // guard holders; the arguments are as each operation
+                // documents.
+                Index::Cpu => unsafe { $cpu::retry(t, base, n, 0, $($arg),*) }.map(|$run| {
+                    use $cpu as $s;
+                    $verdict
+                }),
+                Index::MmCid => unsafe { $cid::retry(t, base, n, 0, $($arg),*) }.map(|$run| {
+                    use $cid as $s;
+                    $verdict
+                }),
+            },
+            |id, held| {
+                use $cpu as $s;
+                // SAFETY: as above, and the block's guard is held.
+                let $run = unsafe { $cpu::twin(id, base, n, held, $($arg),*) };
+                $verdict
+            },
+        )
+    }};
+}
+
+both_indexes! {
+    [pop, pop_cid]
     /// Takes the newest object from the current CPU's cache of a class
     /// (`caches`: that class's cache in CPU 0's block).
     ///
@@ -54,12 +109,11 @@ restartable::section! {
     ///
     /// `held` is 0 on the rseq path and the caller's guard token on the
     /// fallback path, which holds the guard.
-    #[index(cpu_id)]
     #[exits(OutOfRange, Guarded(u64), Empty)]
-    pub unsafe fn pop(caches: *mut u8, ncpus: u64, held: u64) -> u64 {
-        let cpu = current_id();
-        if cpu >= ncpus { exit!(OutOfRange) }
-        let cache = caches + (cpu << 15);
+    fn (caches: *mut u8, ncpus: u64, held: u64) -> u64 {
+        let id = current_id();
+        if id >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (id << 15);
         let guard = load_acquire64(cache);
         if guard != held { exit!(Guarded(guard)) }
         let count = load64(cache + 8);
@@ -70,7 +124,8 @@ restartable::section! {
     }
 }
 
-restartable::section! {
+both_indexes! {
+    [push, push_cid]
     /// Puts `object` in the current CPU's cache of a class, unless it
     /// holds `cap` objects already.
     ///
@@ -79,13 +134,12 @@ restartable::section! {
     /// `b.slot[b.count] = object`, `b.count += 1`.
     /// The slot is stored first, speculatively: it lies above the count,
     /// where nothing reads until the commit moves the count past it.
-    #[index(cpu_id)]
     #[exits(OutOfRange, Guarded(u64), Full)]
     #[owned(slot)]
-    pub unsafe fn push(caches: *mut u8, ncpus: u64, held: u64, cap: u64, object: u64) {
-        let cpu = current_id();
-        if cpu >= ncpus { exit!(OutOfRange) }
-        let cache = caches + (cpu << 15);
+    fn (caches: *mut u8, ncpus: u64, held: u64, cap: u64, object: u64) {
+        let id = current_id();
+        if id >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (id << 15);
         let guard = load_acquire64(cache);
         if guard != held { exit!(Guarded(guard)) }
         let count = load64(cache + 8);
@@ -96,20 +150,20 @@ restartable::section! {
     }
 }
 
-restartable::section! {
+both_indexes! {
+    [pop_many, pop_many_cid]
     /// Takes the `n` newest objects from the current CPU's cache of a
     /// class into `out` (`n` words), the oldest of them first.
     ///
     /// Specification: `Exit(OutOfRange)` and `Exit(Guarded(g))` as for
     /// [`pop`]; `b.count < n`: `Exit(Short(b.count))`; else
     /// `out[..n] = b.slot[count - n..count]`, `b.count -= n`.
-    #[index(cpu_id)]
     #[exits(OutOfRange, Guarded(u64), Short(u64))]
     #[owned(out)]
-    pub unsafe fn pop_many(caches: *mut u8, ncpus: u64, held: u64, out: *mut u8, n: u64) {
-        let cpu = current_id();
-        if cpu >= ncpus { exit!(OutOfRange) }
-        let cache = caches + (cpu << 15);
+    fn (caches: *mut u8, ncpus: u64, held: u64, out: *mut u8, n: u64) {
+        let id = current_id();
+        if id >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (id << 15);
         let guard = load_acquire64(cache);
         if guard != held { exit!(Guarded(guard)) }
         let count = load64(cache + 8);
@@ -120,7 +174,8 @@ restartable::section! {
     }
 }
 
-restartable::section! {
+both_indexes! {
+    [push_many, push_many_cid]
     /// Puts the `n` objects at `objects` (`n` words) in the current CPU's
     /// cache of a class, unless that would take it past `cap`.
     ///
@@ -128,13 +183,12 @@ restartable::section! {
     /// [`pop`]; `b.count + n > cap`: `Exit(Full(b.count))`;
     /// else `b.slot[count..count + n] = objects[..n]`,
     /// `b.count += n`.
-    #[index(cpu_id)]
     #[exits(OutOfRange, Guarded(u64), Full(u64))]
     #[owned(slots)]
-    pub unsafe fn push_many(caches: *mut u8, ncpus: u64, held: u64, cap: u64, objects: *const u8, n: u64) {
-        let cpu = current_id();
-        if cpu >= ncpus { exit!(OutOfRange) }
-        let cache = caches + (cpu << 15);
+    fn (caches: *mut u8, ncpus: u64, held: u64, cap: u64, objects: *const u8, n: u64) {
+        let id = current_id();
+        if id >= ncpus { exit!(OutOfRange) }
+        let cache = caches + (id << 15);
         let guard = load_acquire64(cache);
         if guard != held { exit!(Guarded(guard)) }
         let count = load64(cache + 8);
