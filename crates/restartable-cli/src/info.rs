@@ -67,7 +67,7 @@ fn gather() -> Info {
         disabled_by_user: process.disabled_by_user,
         allocator: crate::allocator::name(),
         allocator_path: restartable_malloc::path(),
-        allocator_index: restartable_malloc::INDEX,
+        allocator_index: restartable_malloc::index(),
     }
 }
 

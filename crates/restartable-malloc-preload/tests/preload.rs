@@ -36,6 +36,8 @@ fn scratch(name: &str) -> PathBuf {
 enum Taken {
     Rseq,
     Fallback,
+    /// The rseq path with the caches indexed by `mm_cid`.
+    RseqMmCid,
 }
 
 /// Runs `cmd` with the library preloaded on `path`; its output, after
@@ -53,9 +55,11 @@ fn preloaded(cmd: &mut Command, path: Taken, what: &str) -> Output {
     cmd.env("LD_PRELOAD", library())
         .env("RESTARTABLE_MALLOC_STATS", &reports)
         .env_remove("RESTARTABLE_DISABLE");
-    if path == Taken::Fallback {
-        cmd.env("RESTARTABLE_DISABLE", "1");
-    }
+    match path {
+        Taken::Fallback => cmd.env("RESTARTABLE_DISABLE", "1"),
+        Taken::RseqMmCid => cmd.env("RESTARTABLE_MALLOC_INDEX", "mm_cid"),
+        Taken::Rseq => cmd.env_remove("RESTARTABLE_MALLOC_INDEX"),
+    };
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -78,10 +82,16 @@ fn preloaded(cmd: &mut Command, path: Taken, what: &str) -> Output {
         .sum();
     assert!(!paths.is_empty(), "{what}: no report in {text}");
     let want = match path {
-        Taken::Rseq => "rseq",
+        Taken::Rseq | Taken::RseqMmCid => "rseq",
         Taken::Fallback => "fallback",
     };
-    if path == Taken::Rseq && !restartable::registration().rseq_available() {
+    if path == Taken::RseqMmCid && restartable::current_mm_cid().is_some() {
+        assert!(
+            paths.iter().all(|p| p.contains("index: mm_cid")),
+            "{what}: wanted every process indexed by mm_cid, got {paths:?}"
+        );
+    }
+    if path != Taken::Fallback && !restartable::registration().rseq_available() {
         assert!(
             std::env::var_os("RESTARTABLE_REQUIRE_RSEQ").is_none(),
             "rseq is required but unavailable here"
@@ -100,7 +110,7 @@ fn preloaded(cmd: &mut Command, path: Taken, what: &str) -> Output {
         );
     }
     eprintln!(
-        "{what} ({want}): ok, {} processes reported path {want}, fallback operations {fallback_ops}",
+        "{what} ({path:?}): ok, {} processes reported path {want}, fallback operations {fallback_ops}",
         paths.len()
     );
     out
@@ -374,4 +384,13 @@ fn real_programs_rseq() {
 #[test]
 fn real_programs_fallback() {
     programs(Taken::Fallback);
+}
+
+/// The hostile callers, git and the multithreaded xz with the caches
+/// indexed by `mm_cid`.
+#[test]
+fn real_programs_mm_cid() {
+    hostile_callers(Taken::RseqMmCid);
+    git(Taken::RseqMmCid);
+    xz(Taken::RseqMmCid);
 }

@@ -38,7 +38,7 @@
 //! CPU id read outside a section.
 
 use restartable::guard::{Guard, Reach};
-use restartable::section::{RetriesExhausted, Run, Thread};
+use restartable::section::{Index, RetriesExhausted, Run, Thread};
 
 use crate::region::Error;
 
@@ -227,27 +227,46 @@ pub enum Done<T> {
 pub struct Caches {
     base: usize,
     ncpus: usize,
+    /// Which id picks a thread's block on the rseq path.
+    index: Index,
 }
 
 impl Caches {
     /// Maps caches for `ncpus` CPUs (without committing memory: blocks are
-    /// touched as CPUs use them).
+    /// touched as CPUs, or `mm_cid`s, use them), indexed by `index`. The
+    /// caller picks [`Index::MmCid`] only where the kernel maintains it:
+    /// there, sections indexed by it would only abort.
     ///
     /// # Errors
     /// [`Error::Map`] when the kernel refuses the mapping; [`Error::BadLength`]
     /// for 0 CPUs or a size that overflows.
-    pub fn map(ncpus: usize) -> Result<Caches, Error> {
+    pub fn map(ncpus: usize, index: Index) -> Result<Caches, Error> {
         let bytes = ncpus
             .checked_mul(STRIDE)
             .filter(|_| ncpus > 0)
             .ok_or(Error::BadLength)?;
         let base = crate::region::map(bytes, libc::PROT_READ | libc::PROT_WRITE)?;
-        Ok(Caches { base, ncpus })
+        Ok(Caches { base, ncpus, index })
     }
 
     /// CPUs covered.
     pub fn ncpus(&self) -> usize {
         self.ncpus
+    }
+
+    /// The id that picks a block on the rseq path.
+    pub fn index(&self) -> Index {
+        self.index
+    }
+
+    /// The fences a guard holder of block `slot` needs.
+    fn reach(&self, slot: usize) -> Reach {
+        match self.index {
+            Index::Cpu => Reach::Cpu(slot),
+            // An mm_cid moves between CPUs: a section on its block may run
+            // on any of them.
+            Index::MmCid => Reach::AnyCpu,
+        }
     }
 
     /// The objects of `class` cached on `cpu` now (a racy snapshot, for the
@@ -265,8 +284,9 @@ impl Caches {
         }
     }
 
-    /// Empties `cpu`'s cache of `class` into `out` under the cache's guard
-    /// (fencing `cpu`, so no section is inside it): how many objects it
+    /// Empties block `cpu`'s cache of `class` into `out` under the cache's
+    /// guard (fencing the CPUs a section on it may run on, so none is
+    /// inside it): how many objects it
     /// held. 0 when the cache is empty or its guard is refused (this
     /// thread holds it, or holds another and this one is busy).
     pub(crate) fn drain(&self, cpu: usize, class: usize, out: &mut [usize; SLOTS]) -> usize {
@@ -275,7 +295,7 @@ impl Caches {
         }
         let at = self.base + cpu * STRIDE + class * CACHE;
         self.guard(cpu, class)
-            .hold(Reach::Cpu(cpu), || {
+            .hold(self.reach(cpu), || {
                 // SAFETY: the count and the slots lie in the mapping; under
                 // the guard, with `cpu` fenced, no section or twin touches
                 // them.
@@ -305,7 +325,8 @@ impl Caches {
     }
 
     /// Runs `twin(cpu, held)` under the guard of the calling thread's CPU's
-    /// cache of `class`.
+    /// cache of `class` (the block of its CPU number, whichever the index:
+    /// a thread without rseq has no `mm_cid`).
     #[cold]
     fn fallback<T>(
         &self,
@@ -321,7 +342,7 @@ impl Caches {
         }
         let guard = self.guard(cpu, class);
         let done = guard
-            .hold(Reach::Cpu(cpu), || {
+            .hold(self.reach(cpu), || {
                 // SAFETY: the guard's word, which this thread holds now.
                 let held = unsafe { *guard.as_ptr() };
                 twin(cpu as u32, held)
@@ -331,85 +352,69 @@ impl Caches {
         (done.unwrap_or(Done::Unreachable), Path::Fallback)
     }
 
-    /// One cache operation: the section through `rseq` where this thread
-    /// has rseq, else (or when it kept aborting, or found the guard set)
-    /// `twin` under the guard; `verdict` reads either's result (`None`: the
-    /// cache is unreachable this way).
+    /// One cache operation: `rseq` (the section) where this thread has
+    /// rseq, else (or when it kept aborting, or found the guard set) `twin`
+    /// under the guard; each gives `None` when the cache is unreachable
+    /// that way.
     #[inline(always)]
-    fn op<V, E, T>(
+    fn op<T>(
         &self,
         class: usize,
-        rseq: impl FnOnce(&Thread) -> Result<Run<V, E>, RetriesExhausted>,
-        twin: impl FnOnce(u32, u64) -> Run<V, E>,
-        verdict: impl Fn(Run<V, E>) -> Option<Done<T>>,
+        rseq: impl FnOnce(&Thread) -> Result<Option<Done<T>>, RetriesExhausted>,
+        twin: impl FnOnce(u32, u64) -> Option<Done<T>>,
     ) -> (Done<T>, Path) {
         if let Some(thread) = Thread::current() {
-            if let Ok(run) = rseq(&thread) {
-                if let Some(done) = verdict(run) {
-                    return (done, Path::Rseq);
-                }
-                // The guard was set: the fallback waits for its holder, or
-                // takes it over from one that `fork` left behind.
+            if let Ok(Some(done)) = rseq(&thread) {
+                return (done, Path::Rseq);
             }
+            // The guard was set: the fallback waits for its holder, or
+            // takes it over from one that `fork` left behind.
         }
-        self.fallback(class, |cpu, held| verdict(twin(cpu, held)))
+        self.fallback(class, twin)
     }
 
     /// Takes an object of `class` from this CPU's cache.
     #[inline]
     pub(crate) fn pop(&self, class: usize) -> (Done<usize>, Path) {
-        let (caches, n) = (self.ptr(class), self.ncpus as u64);
-        self.op(
-            class,
-            // SAFETY: the caches map `ncpus` blocks laid out as this module
-            // says, written only by these sections and guard holders.
-            |t| unsafe { pop::retry(t, caches, n, 0) },
-            // SAFETY: as above, and the guard is held.
-            |cpu, held| unsafe { pop::twin(cpu, caches, n, held) },
-            |run| match run {
-                Run::Committed(object) => Some(Done::Yes(object as usize)),
-                Run::Exit(pop::Exit::Empty) => Some(Done::No),
-                Run::Exit(_) | Run::Aborted => None,
-            },
-        )
+        cache_op!(self, class, [pop, pop_cid], (), |run, s| match run {
+            Run::Committed(object) => Some(Done::Yes(object as usize)),
+            Run::Exit(s::Exit::Empty) => Some(Done::No),
+            Run::Exit(_) | Run::Aborted => None,
+        })
     }
 
     /// Puts `object` of `class` in this CPU's cache, unless it holds `cap`
-    /// objects of the class.
+    /// objects of the class (`object` is free and the caller's to give).
     #[inline]
     pub(crate) fn push(&self, class: usize, cap: usize, object: usize) -> (Done<()>, Path) {
-        let (caches, n) = (self.ptr(class), self.ncpus as u64);
         let (cap, o) = (cap.min(SLOTS) as u64, object as u64);
-        self.op(
+        cache_op!(
+            self,
             class,
-            // SAFETY: as for `pop`; `object` is free and ours to give.
-            |t| unsafe { push::retry(t, caches, n, 0, cap, o) },
-            // SAFETY: as above, and the guard is held.
-            |cpu, held| unsafe { push::twin(cpu, caches, n, held, cap, o) },
-            |run| match run {
+            [push, push_cid],
+            (cap, o),
+            |run, s| match run {
                 Run::Committed(()) => Some(Done::Yes(())),
-                Run::Exit(push::Exit::Full) => Some(Done::No),
+                Run::Exit(s::Exit::Full) => Some(Done::No),
                 Run::Exit(_) | Run::Aborted => None,
-            },
+            }
         )
     }
 
     /// Takes `out.len()` objects of `class` (at most [`SLOTS`]) from this
     /// CPU's cache into `out`; `No` when it holds fewer.
     pub(crate) fn pop_many(&self, class: usize, out: &mut [usize]) -> (Done<()>, Path) {
-        let (caches, n) = (self.ptr(class), self.ncpus as u64);
         let (dst, k) = (out.as_mut_ptr().cast::<u8>(), out.len().min(SLOTS) as u64);
-        self.op(
+        cache_op!(
+            self,
             class,
-            // SAFETY: as for `pop`; `out` holds `k` words and is ours.
-            |t| unsafe { pop_many::retry(t, caches, n, 0, dst, k) },
-            // SAFETY: as above, and the guard is held.
-            |cpu, held| unsafe { pop_many::twin(cpu, caches, n, held, dst, k) },
-            |run| match run {
+            [pop_many, pop_many_cid],
+            (dst, k),
+            |run, s| match run {
                 Run::Committed(()) => Some(Done::Yes(())),
-                Run::Exit(pop_many::Exit::Short(_)) => Some(Done::No),
+                Run::Exit(s::Exit::Short(_)) => Some(Done::No),
                 Run::Exit(_) | Run::Aborted => None,
-            },
+            }
         )
     }
 
@@ -421,20 +426,18 @@ impl Caches {
         cap: usize,
         objects: &[usize],
     ) -> (Done<()>, Path) {
-        let (caches, n) = (self.ptr(class), self.ncpus as u64);
         let cap = cap.min(SLOTS) as u64;
         let (src, k) = (objects.as_ptr().cast::<u8>(), objects.len() as u64);
-        self.op(
+        cache_op!(
+            self,
             class,
-            // SAFETY: as for `pop`; `objects` holds `k` words.
-            |t| unsafe { push_many::retry(t, caches, n, 0, cap, src, k) },
-            // SAFETY: as above, and the guard is held.
-            |cpu, held| unsafe { push_many::twin(cpu, caches, n, held, cap, src, k) },
-            |run| match run {
+            [push_many, push_many_cid],
+            (cap, src, k),
+            |run, s| match run {
                 Run::Committed(()) => Some(Done::Yes(())),
-                Run::Exit(push_many::Exit::Full(_)) => Some(Done::No),
+                Run::Exit(s::Exit::Full(_)) => Some(Done::No),
                 Run::Exit(_) | Run::Aborted => None,
-            },
+            }
         )
     }
 }

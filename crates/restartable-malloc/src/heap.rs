@@ -33,6 +33,7 @@ use crate::classes::{self, COUNT, MAX, SPAN};
 use crate::region::{Entry, Region, MAX_LARGE_SPANS};
 use crate::spans::Spans;
 use crate::tunables::Tunables;
+use restartable::section::Index;
 
 /// Objects of `class` a cache of `kib` KiB per class holds: at least one,
 /// at most [`SLOTS`].
@@ -78,6 +79,19 @@ pub struct Heap {
     last_sweep: AtomicU64,
 }
 
+/// `asked`, unless it is `mm_cid` and the kernel does not maintain it
+/// (sections indexed by it would only abort). Reads the auxiliary vector,
+/// not the thread's registration: this runs inside the first allocation.
+fn index_for(asked: Index) -> Index {
+    let mm_cid = restartable::process_info()
+        .kernel_feature_size
+        .is_some_and(|f| f >= restartable::abi::MM_CID_FEATURE_SIZE);
+    match asked {
+        Index::MmCid if mm_cid => Index::MmCid,
+        _ => Index::Cpu,
+    }
+}
+
 impl Heap {
     /// A heap reserving `spans` spans of address space, with caches for
     /// `ncpus` CPUs.
@@ -97,7 +111,7 @@ impl Heap {
             region: Region::reserve(spans)?,
             spans: Spans::new(),
             central: Central::new(),
-            caches: Caches::map(ncpus)?,
+            caches: Caches::map(ncpus, index_for(tunables.index))?,
             counts: Counts::default(),
             tunables,
             caps,

@@ -73,9 +73,16 @@ pub fn trim() -> bool {
     cabi::trim()
 }
 
-/// What the per-CPU caches are indexed by: `"cpu_id"` (the CPU number;
-/// indexing by `mm_cid` is not built yet).
-pub const INDEX: &str = "cpu_id";
+/// What picks a thread's cache block: `"cpu_id"` (the CPU number, the
+/// default) or `"mm_cid"` (the concurrency id: `RESTARTABLE_MALLOC_INDEX=mm_cid`
+/// on a kernel that maintains it, Linux 6.3+). Sets the heap up if it is
+/// not yet.
+pub fn index() -> &'static str {
+    match heap::heap().map(|h| h.caches.index()) {
+        Some(restartable::section::Index::MmCid) => "mm_cid",
+        _ => "cpu_id",
+    }
+}
 
 /// The allocator, for `#[global_allocator]`. It holds nothing: the heap
 /// is process-wide and set up at the first call.

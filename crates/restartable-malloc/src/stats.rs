@@ -123,7 +123,7 @@ impl core::fmt::Display for Stats {
             f,
             "  path: {} (this thread), index: {}, CPUs with caches: {}",
             crate::path(),
-            crate::INDEX,
+            crate::index(),
             self.cpus
         )?;
         writeln!(

@@ -8,10 +8,13 @@
 //! | `RESTARTABLE_MALLOC_RESERVE_GIB` | address space reserved at start, in GiB (1 to 65536); never committed until used; halved, down to 1 GiB, while the system refuses it | 64 |
 //! | `RESTARTABLE_MALLOC_CACHE_KIB` | the most bytes of one size class a CPU's cache holds, in KiB (1 to 1024; at least one object, at most 62) | 32 |
 //! | `RESTARTABLE_MALLOC_RELEASE_MS` | the release delay, in ms (0 to 3600000): the first slow path (a cache refill or flush) this long after the last sweeps: every CPU's caches drain to the central lists and runs with no object in use go back to the system; 0: only `malloc_trim` / [`trim`](crate::trim) does | 1000 |
+//! | `RESTARTABLE_MALLOC_INDEX` | what picks a thread's cache block: `cpu_id` (the CPU number) or `mm_cid` (the concurrency id, Linux 6.3+: blocks scale with the threads running at once, not with the CPUs; `cpu_id` where the kernel does not maintain it) | `cpu_id` |
 //! | `RESTARTABLE_MALLOC_STATS` | `1`: print the statistics to standard error at exit; an absolute path: append them to that file (one report per process, for programs that start others) | unset |
 //!
 //! `RESTARTABLE_DISABLE=1` (the runtime's variable, also ignored under
 //! `AT_SECURE`) puts every thread on the fallback path.
+
+use restartable::section::Index;
 
 use crate::classes::SPAN;
 
@@ -24,6 +27,9 @@ pub struct Tunables {
     pub cache_kib: usize,
     /// The release delay in ms; 0: release only when asked.
     pub release_ms: u64,
+    /// The id that picks a cache block (as asked: the heap checks the
+    /// kernel maintains `mm_cid`).
+    pub index: Index,
     /// Print the statistics at exit: to standard error (`Some("1")`) or
     /// appended to the file named.
     pub stats_at_exit: Option<&'static core::ffi::CStr>,
@@ -44,6 +50,7 @@ impl Default for Tunables {
             reserve_gib: DEFAULT_RESERVE_GIB,
             cache_kib: DEFAULT_CACHE_KIB,
             release_ms: DEFAULT_RELEASE_MS,
+            index: Index::Cpu,
             stats_at_exit: None,
             secure: false,
         }
@@ -69,6 +76,10 @@ impl Tunables {
                 .and_then(parse)
                 .filter(|&ms| ms <= 3_600_000)
                 .map_or(DEFAULT_RELEASE_MS, |ms| ms as u64),
+            index: match var(c"RESTARTABLE_MALLOC_INDEX") {
+                Some(b"mm_cid") => Index::MmCid,
+                _ => Index::Cpu,
+            },
             stats_at_exit: if secure {
                 None
             } else {

@@ -257,9 +257,10 @@ fn no_block_is_handed_out_twice_or_overwritten() {
         .zip(before)
         .map(|(a, b)| a.aborts - b.aborts);
     println!(
-        "[ownership] path={} threads={} made={} freed={} passed={} signals={} refills={} flushes={} \
+        "[ownership] path={} index={} threads={} made={} freed={} passed={} signals={} refills={} flushes={} \
          fallback_ops={} central_direct={} aborts={aborts:?} inject={}",
         path(),
+        restartable_malloc::index(),
         6 * restartable::online_cpus(),
         r.made,
         r.freed,
@@ -297,41 +298,79 @@ fn no_block_is_handed_out_twice_or_overwritten() {
     }
 }
 
-#[test]
-fn the_fallback_path_keeps_ownership_exact_too() {
-    if std::env::var_os("OWNERSHIP_CHILD").is_some() {
-        return;
+/// Runs the stress in a child with `env` set (and `remove` unset): its
+/// report line, after checking that it passed.
+fn child_run(env: &[(&str, &str)], remove: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "no_block_is_handed_out_twice_or_overwritten",
+        "--nocapture",
+    ])
+    .env("OWNERSHIP_CHILD", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "no_block_is_handed_out_twice_or_overwritten",
-            "--nocapture",
-        ])
-        .env("OWNERSHIP_CHILD", "1")
-        .env("RESTARTABLE_DISABLE", "1")
-        .env_remove("RESTARTABLE_REQUIRE_RSEQ")
-        .output()
-        .unwrap();
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stdout
         .lines()
         .find(|l| l.starts_with("[ownership]"))
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_owned();
     println!("{line}");
     assert!(
         out.status.success(),
-        "fallback run failed:\n{stdout}\n{stderr}"
+        "child run with {env:?} failed:\n{stdout}\n{stderr}"
+    );
+    line
+}
+
+/// The number after `key=` in a report line.
+fn field(line: &str, key: &str) -> usize {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_fallback_path_keeps_ownership_exact_too() {
+    if std::env::var_os("OWNERSHIP_CHILD").is_some() {
+        return;
+    }
+    let line = child_run(
+        &[("RESTARTABLE_DISABLE", "1")],
+        &["RESTARTABLE_REQUIRE_RSEQ"],
     );
     assert!(line.contains("path=fallback"), "{line}");
-    let fallback: usize = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("fallback_ops="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let fallback = field(&line, "fallback_ops");
     assert!(
         fallback > 10_000,
         "the fallback path served {fallback} operations: {line}"
     );
+}
+
+/// The same stress with the caches indexed by `mm_cid`: a block follows a
+/// concurrency id from CPU to CPU, and its guard holders fence every CPU.
+#[test]
+fn caches_indexed_by_mm_cid_keep_ownership_exact() {
+    if std::env::var_os("OWNERSHIP_CHILD").is_some() {
+        return;
+    }
+    let kernel_has_mm_cid = restartable::current_mm_cid().is_some();
+    let line = child_run(&[("RESTARTABLE_MALLOC_INDEX", "mm_cid")], &[]);
+    if !kernel_has_mm_cid {
+        assert!(line.contains("index=cpu_id"), "{line}");
+        println!("[ownership] this kernel has no mm_cid: the tunable fell back to cpu_id");
+        return;
+    }
+    assert!(line.contains("index=mm_cid"), "{line}");
+    if line.contains("path=rseq") {
+        assert!(field(&line, "made") > 10_000, "{line}");
+    }
 }
