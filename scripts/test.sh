@@ -57,6 +57,11 @@ if ! command -v python3 >/dev/null 2>&1; then
 elif ! python3 -c 'import test.support' >/dev/null 2>&1; then
     missing+=(libpython3-testsuite) # Debian's python3 ships its test suite apart
 fi
+# The allocators `restartable bench alloc` and scripts/malloc-compare.sh
+# compare against under LD_PRELOAD (Debian's builds).
+for lib in libtcmalloc-minimal4 libjemalloc2 libmimalloc2.0; do
+    if [[ -n $(pkg_missing "$lib") ]]; then missing+=("$lib"); fi
+done
 if ((${#missing[@]})); then
     pkg_install "${missing[@]}"
 fi

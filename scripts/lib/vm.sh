@@ -312,13 +312,15 @@ vm_build_tests() {
         -p restartable --features abort-stats "${args[@]}")
     ((${#tests[@]})) || { echo "no test binaries built" >&2; exit 1; }
     vm_add_test "${tests[@]}"
-    # The allocator's unit tests and its ownership stress test (sections on
-    # this architecture, rseq and fallback paths). Its conformance and
+    # The allocator's unit tests, its ownership stress test (sections on
+    # this architecture: rseq and fallback paths, cpu_id and mm_cid
+    # indexes) and the index test (frees land in the block of the
+    # thread's id). Its conformance and
     # model tests do not depend on the architecture's sections and are too
     # long under emulation: the host runs them.
     mapfile -t tests < <(vm_build_json test --no-run "${VM_PROFILE_FLAG[@]}" --target "$TARGET" \
-        -p restartable-malloc --features abort-stats --lib --test ownership)
-    ((${#tests[@]} == 2)) || { echo "allocator test binaries not built" >&2; exit 1; }
+        -p restartable-malloc --features abort-stats --lib --test ownership --test index)
+    ((${#tests[@]} == 3)) || { echo "allocator test binaries not built" >&2; exit 1; }
     vm_add_test "${tests[@]}"
 }
 

@@ -551,3 +551,77 @@ fn stress_reports_the_structures_own_check() {
     );
     assert_eq!(report["signal_sum"], report["signals_handled"], "{report}");
 }
+
+#[test]
+fn bench_alloc_json_and_chart_cover_every_allocator_and_workload_exactly() {
+    let svg = std::env::temp_dir().join(format!("restartable-alloc-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&svg);
+    let out = restartable(&[
+        "bench",
+        "alloc",
+        "--ops",
+        "3000",
+        "--threads",
+        "1,2",
+        "--json",
+        "--plot",
+        svg.to_str().expect("a UTF-8 temporary path"),
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench alloc failed: {stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr: {stderr}"));
+    let rows = rows.as_array().expect("an array of rows");
+    let mut allocators = vec!["restartable", "libc"];
+    if cfg!(not(target_env = "musl")) {
+        allocators.extend(["mimalloc", "jemalloc"]);
+        // scripts/test.sh installs Debian's libtcmalloc-minimal4; where it
+        // is missing the command leaves tcmalloc out with a note.
+        if rows.iter().any(|r| r["allocator"] == "tcmalloc") {
+            allocators.push("tcmalloc");
+        }
+    }
+    let workloads = [
+        ("pair", &[1, 2][..]),
+        ("churn", &[1, 2]),
+        ("exchange", &[1, 2]),
+        ("mixed", &[1, 2]),
+        ("realloc", &[1, 2]),
+        ("many", &[256]),
+    ];
+    let expected: usize = workloads.iter().map(|w| w.1.len()).sum::<usize>() * allocators.len();
+    assert_eq!(rows.len(), expected, "{rows:?}");
+    for a in &allocators {
+        for (w, threads) in workloads {
+            for &t in threads {
+                let row = rows
+                    .iter()
+                    .find(|r| r["allocator"] == *a && r["workload"] == w && r["threads"] == t)
+                    .unwrap_or_else(|| panic!("no row for {a} {w} x{t}"));
+                assert_eq!(row["exact"], true, "{row}");
+                assert!(row["mops"].as_f64().unwrap() > 0.0, "{row}");
+                assert!(row["peak_rss_kib"].as_u64().unwrap() > 0, "{row}");
+                assert!(row["speedup_vs_libc"].as_f64().unwrap() > 0.0, "{row}");
+                assert!(
+                    row["speedup_vs_fastest_other"].as_f64().unwrap() > 0.0,
+                    "{row}"
+                );
+            }
+        }
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    for (w, _) in workloads {
+        assert!(
+            chart.contains(&format!("{w}: ")),
+            "no {w} panel in the chart"
+        );
+    }
+    let _ = std::fs::remove_file(&svg);
+    // A named allocator must be there; an unknown one is refused.
+    let out = restartable(&["bench", "alloc", "--allocators", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

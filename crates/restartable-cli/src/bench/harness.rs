@@ -223,11 +223,7 @@ impl Plan {
                 // faults, lazily made slots and objects, and an idle CPU's
                 // slow start fall there rather than into the first point.
                 if round == 0 {
-                    let warm = match self.budget {
-                        Budget::Time(d) => Budget::Time((d / 10).min(Duration::from_millis(100))),
-                        Budget::Ops(n) => Budget::Ops((n / 10).clamp(1, 100_000)),
-                    };
-                    measure(v, t, warm)?;
+                    measure(v, t, warm_up(self.budget))?;
                 }
                 let (m, exact) = measure(v, t, self.budget)?;
                 rows.push((v, t, m, exact));
@@ -236,6 +232,15 @@ impl Plan {
         }
         progress.finish_and_clear();
         Ok(rows)
+    }
+}
+
+/// The short unmeasured run before a first measurement: a tenth of
+/// `budget`, at most 100 ms or 100,000 operations per thread.
+pub fn warm_up(budget: Budget) -> Budget {
+    match budget {
+        Budget::Time(d) => Budget::Time((d / 10).min(Duration::from_millis(100))),
+        Budget::Ops(n) => Budget::Ops((n / 10).clamp(1, 100_000)),
     }
 }
 

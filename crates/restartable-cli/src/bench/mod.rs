@@ -54,9 +54,17 @@ pub struct AllocArgs {
     /// Allocators to run, comma-separated [default: all].
     #[arg(long, value_delimiter = ',')]
     allocators: Vec<alloc::Allocator>,
-    /// Workloads to run, comma-separated [default: all].
+    /// Workloads to run, comma-separated [default: all]; `many` runs at
+    /// 256 threads at least.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<alloc::Work>,
+    /// Also write an SVG chart of throughput against threads to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+    /// Measure one row in this process and print it as JSON (how the
+    /// command runs each row in a process of its own).
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
 #[derive(Args)]
@@ -99,8 +107,12 @@ pub fn run(what: What) -> Result<(), String> {
     match what {
         What::Alloc(args) => alloc::run(
             &args.run,
-            harness::unique(args.allocators),
-            harness::unique(args.workloads),
+            alloc::Options {
+                allocators: harness::unique(args.allocators),
+                workloads: harness::unique(args.workloads),
+                plot: args.plot,
+                child: args.child,
+            },
         ),
         What::Counter(args) => counter::run(&args.run, harness::unique(args.variants)),
         What::Ops(args) => ops::run(&args.run, harness::unique(args.variants)),

@@ -37,6 +37,18 @@ const CHART_HEIGHT: u32 = 430;
 const LEGEND_ROW: u32 = 19;
 const FONT: &str = "sans-serif";
 
+/// Fails before the runs, not after them, if a chart cannot be written at
+/// `path` (opened for appending: an existing chart is kept until the new
+/// one replaces it).
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot write the chart {}: {e}", path.display()))
+}
+
 /// Writes `panels` side by side into an SVG file at `path`: `title` on top,
 /// `note` (what was measured, on which machine) at the bottom; each panel
 /// plots Mops/s (log scale) against threads (log scale) with a legend under

@@ -277,14 +277,7 @@ pub fn run(
         ));
     }
     if let Some(path) = &plot {
-        // Fail before the runs, not after them, if the chart cannot be
-        // written there (opened for appending: an existing chart is kept
-        // until the new one replaces it).
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| format!("cannot write the chart {}: {e}", path.display()))?;
+        plot::check_writable(path)?;
     }
     let plan = Plan::new(args);
     let mut variants = if variants.is_empty() {
