@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, clippy, the aarch64 and
-# riscv64 library builds, the workspace tests twice (plain sections, then
-# the compare-twice and fault-injection build; both insist that the rseq
-# path really runs here), a statically linked glibc build and a musl build
+# riscv64 library builds, the workspace tests three times (plain sections,
+# then with restartable-malloc preloaded into every test, then the
+# compare-twice and fault-injection build; all insist that the rseq path
+# really runs here), the C allocator workloads under LD_PRELOAD (checked
+# runs of scripts/malloc-compare.sh), a statically linked glibc build and a musl build
 # with their tests (scripts/environments.sh), the library's unit tests
 # under Miri, and the aarch64 and riscv64 sections on real arm64 and
 # riscv64 kernels under qemu-system-aarch64 and qemu-system-riscv64.
@@ -103,6 +105,32 @@ export RESTARTABLE_REQUIRE_RSEQ=1
 
 step "cargo test, plain sections (abort-stats only)"
 cargo test --workspace --features abort-stats
+ok
+
+# The same tests again with librestartable_malloc.so preloaded into every
+# test binary and every program it starts: the whole suite on
+# restartable-malloc. Left out: the five tests that turn glibc's
+# registration off (GLIBC_TUNABLES=glibc.pthread.rseq=0) and insist on the
+# rseq path in the test program's own copy of the runtime; there the
+# preloaded library's copy registers each thread first, and two copies
+# share a registration only through glibc (README, "restartable-malloc").
+step "cargo test with restartable-malloc preloaded (scripts/lib/with-malloc.sh)"
+cargo build -p restartable-malloc-preload
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/lib/with-malloc.sh" \
+RESTARTABLE_MALLOC_SO="$PWD/target/debug/librestartable_malloc.so" \
+    cargo test --workspace --features abort-stats -- \
+    --skip unloading_a_library_that_ran_sections_is_safe \
+    --skip stress_on_library_registration_when_glibc_does_not_register \
+    --skip thread_churn_counts_exactly \
+    --skip every_mode_without_glibc_registration \
+    --skip threads_that_skip_registration_mix_with_rseq_threads
+ok
+
+# The C workloads under LD_PRELOAD against Debian's mimalloc, jemalloc and
+# tcmalloc, tiny runs: each program checks its own results (the benchmark
+# itself is `scripts/malloc-compare.sh` without --quick).
+step "C allocator workloads under LD_PRELOAD (scripts/malloc-compare.sh --quick)"
+scripts/malloc-compare.sh --quick
 ok
 
 step "cargo test, compare-twice + fault-injection build (--all-features)"

@@ -67,10 +67,11 @@ macro_rules! both_indexes {
 /// names the flavour's module there).
 macro_rules! cache_op {
     ($caches:expr, $class:expr, [$cpu:ident, $cid:ident], ($($arg:expr),*),
-     |$run:ident, $s:ident| $verdict:expr) => {{
+     $spare:expr, |$run:ident, $s:ident| $verdict:expr) => {{
         let (base, n) = ($caches.ptr($class), $caches.ncpus as u64);
         $caches.op(
             $class,
+            $spare,
             |t| match $caches.index {
                 // SAFETY (both): the caches map `ncpus` blocks laid out as
                 // this module says, written only by these sections and
@@ -353,22 +354,30 @@ impl Caches {
     }
 
     /// One cache operation: `rseq` (the section) where this thread has
-    /// rseq, else (or when it kept aborting, or found the guard set) `twin`
-    /// under the guard; each gives `None` when the cache is unreachable
-    /// that way.
+    /// rseq, else `spare` (the thread's magazine), else (or when the
+    /// section kept aborting, or found the guard set) `twin` under the
+    /// guard; each gives `None` when it could not serve.
     #[inline(always)]
     fn op<T>(
         &self,
         class: usize,
+        spare: impl FnOnce() -> Option<Done<T>>,
         rseq: impl FnOnce(&Thread) -> Result<Option<Done<T>>, RetriesExhausted>,
         twin: impl FnOnce(u32, u64) -> Option<Done<T>>,
     ) -> (Done<T>, Path) {
-        if let Some(thread) = Thread::current() {
-            if let Ok(Some(done)) = rseq(&thread) {
-                return (done, Path::Rseq);
+        match Thread::current() {
+            Some(thread) => {
+                if let Ok(Some(done)) = rseq(&thread) {
+                    return (done, Path::Rseq);
+                }
+                // The guard was set: the fallback waits for its holder, or
+                // takes it over from one that `fork` left behind.
             }
-            // The guard was set: the fallback waits for its holder, or
-            // takes it over from one that `fork` left behind.
+            None => {
+                if let Some(done) = spare() {
+                    return (done, Path::Fallback);
+                }
+            }
         }
         self.fallback(class, twin)
     }
@@ -376,7 +385,8 @@ impl Caches {
     /// Takes an object of `class` from this CPU's cache.
     #[inline]
     pub(crate) fn pop(&self, class: usize) -> (Done<usize>, Path) {
-        cache_op!(self, class, [pop, pop_cid], (), |run, s| match run {
+        let spare = || crate::magazine::take(class).map(Done::Yes);
+        cache_op!(self, class, [pop, pop_cid], (), spare, |run, s| match run {
             Run::Committed(object) => Some(Done::Yes(object as usize)),
             Run::Exit(s::Exit::Empty) => Some(Done::No),
             Run::Exit(_) | Run::Aborted => None,
@@ -393,6 +403,7 @@ impl Caches {
             class,
             [push, push_cid],
             (cap, o),
+            || crate::magazine::put(class, object).then_some(Done::Yes(())),
             |run, s| match run {
                 Run::Committed(()) => Some(Done::Yes(())),
                 Run::Exit(s::Exit::Full) => Some(Done::No),
@@ -410,6 +421,7 @@ impl Caches {
             class,
             [pop_many, pop_many_cid],
             (dst, k),
+            || None,
             |run, s| match run {
                 Run::Committed(()) => Some(Done::Yes(())),
                 Run::Exit(s::Exit::Short(_)) => Some(Done::No),
@@ -433,6 +445,7 @@ impl Caches {
             class,
             [push_many, push_many_cid],
             (cap, src, k),
+            || None,
             |run, s| match run {
                 Run::Committed(()) => Some(Done::Yes(())),
                 Run::Exit(s::Exit::Full(_)) => Some(Done::No),

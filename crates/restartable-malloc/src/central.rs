@@ -2,7 +2,11 @@
 //! between the per-CPU caches and the spans. Caches refill from it and
 //! flush to it in batches, so its lock is taken once per batch.
 //!
-//! A class's list serves, in order: objects given back (an intrusive
+//! A class's list serves, in order: whole batches given back (kept as
+//! arrays of addresses on the class's *shelf*, so that moving a batch from
+//! one CPU's cache to another's copies [`BATCH`] words and touches none of
+//! the objects, whose lines are likely in the other CPU's cache), then
+//! objects given back one by one or while the shelf was full (an intrusive
 //! list, each free object's first word naming the next), then the rest of
 //! the class's newest run (a bump pointer, so a fresh run is never written
 //! before its objects are handed out), then a new run.
@@ -20,9 +24,22 @@ use crate::lock::Lock;
 use crate::region::{Region, SPAN};
 use crate::spans::Spans;
 
+/// The most objects a shelved batch holds: a cache's refill or flush
+/// ([`SLOTS`](crate::cache::SLOTS) / 2 at most).
+pub const BATCH: usize = 32;
+/// Batches one class's shelf holds.
+const BATCHES: usize = 8;
+/// Bytes of one class's shelf.
+const SHELF: usize = BATCHES * BATCH * 8;
+const _: () = assert!(crate::cache::SLOTS / 2 <= BATCH);
+
 /// The central lists of every class.
 pub struct Central {
     lists: [List; COUNT],
+    /// The shelves of every class, `SHELF` bytes each, in one mapping
+    /// touched as classes use them; 0: none (every object goes on the
+    /// intrusive lists).
+    shelves: usize,
 }
 
 #[repr(align(64))]
@@ -48,6 +65,9 @@ struct Inner {
     free: usize,
     /// Objects were given back since the last [`Central::release`].
     dirty: bool,
+    /// Batches on the shelf, and the objects in each.
+    shelved: usize,
+    lens: [u8; BATCHES],
 }
 
 // SAFETY: `inner`, and the free objects it leads to, are only touched under
@@ -74,11 +94,50 @@ impl Central {
                         runs: 0,
                         free: 0,
                         dirty: false,
+                        shelved: 0,
+                        lens: [0; BATCHES],
                     }),
                     returned: AtomicUsize::new(0),
                     returned_count: AtomicUsize::new(0),
                 }
             }; COUNT],
+            shelves: 0,
+        }
+    }
+
+    /// Empty lists with shelves for whole batches; without them (as
+    /// [`new`](Self::new)) when the mapping is refused.
+    pub fn with_shelves() -> Central {
+        let shelves =
+            crate::region::map(COUNT * SHELF, libc::PROT_READ | libc::PROT_WRITE).unwrap_or(0);
+        Central {
+            shelves,
+            ..Central::new()
+        }
+    }
+
+    /// Batch `k` of `class`'s shelf (`BATCH` words).
+    fn batch(&self, class: usize, k: usize) -> *mut usize {
+        (self.shelves + class * SHELF + k * BATCH * 8) as *mut usize
+    }
+
+    /// Moves every shelved batch of `class` onto the intrusive list (for
+    /// the walks of `release`). Under the list's lock.
+    fn unshelve(&self, class: usize, inner: &mut Inner) {
+        while inner.shelved > 0 {
+            inner.shelved -= 1;
+            let k = inner.shelved;
+            let b = self.batch(class, k);
+            for i in 0..usize::from(inner.lens[k]) {
+                // SAFETY: the shelf's batch `k` holds `lens[k]` addresses
+                // of free objects, ours under the lock; each object's
+                // first word becomes the link.
+                unsafe {
+                    let object = *b.add(i);
+                    (object as *mut usize).write(inner.head);
+                    inner.head = object;
+                }
+            }
         }
     }
 
@@ -105,6 +164,28 @@ impl Central {
         let inner = unsafe { &mut *list.inner.get() };
         let size = classes::size(class);
         let mut n = 0;
+        // Whole batches first (the newest), then part of one.
+        while n < out.len() && inner.shelved > 0 {
+            let k = inner.shelved - 1;
+            let len = usize::from(inner.lens[k]);
+            let m = len.min(out.len() - n);
+            // SAFETY: batch `k` holds `len` addresses; the last `m` move
+            // to `out`, which has room for them.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.batch(class, k).add(len - m),
+                    out.as_mut_ptr().add(n),
+                    m,
+                );
+            }
+            n += m;
+            inner.free = inner.free.saturating_sub(m);
+            if m == len {
+                inner.shelved = k;
+            } else {
+                inner.lens[k] = (len - m) as u8;
+            }
+        }
         while n < out.len() {
             if inner.head == 0 {
                 inner.head = list.returned.swap(0, Ordering::Acquire);
@@ -142,6 +223,27 @@ impl Central {
             Ok(_held) => {
                 // SAFETY: under the lock.
                 let inner = unsafe { &mut *list.inner.get() };
+                if self.shelves != 0
+                    && objects.len() > 1
+                    && objects.len() <= BATCH
+                    && inner.shelved < BATCHES
+                {
+                    let k = inner.shelved;
+                    // SAFETY: batch `k` of the shelf is unused and holds
+                    // `BATCH` words.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            objects.as_ptr(),
+                            self.batch(class, k),
+                            objects.len(),
+                        );
+                    }
+                    inner.lens[k] = objects.len() as u8;
+                    inner.shelved = k + 1;
+                    inner.free += objects.len();
+                    inner.dirty = true;
+                    return;
+                }
                 for &object in objects {
                     // SAFETY: the object is free and ours; its first word
                     // becomes the link.
@@ -218,6 +320,7 @@ impl Central {
         if !inner.dirty {
             return (0, 0);
         }
+        self.unshelve(class, inner);
         let size = classes::size(class);
         let per_run = classes::objects_per_run(class);
         if inner.free.saturating_mul(size) < per_run * size {
@@ -307,7 +410,10 @@ impl Central {
         };
         // SAFETY: under the lock.
         let inner = unsafe { &*list.inner.get() };
-        let mut free = 0;
+        let mut free: usize = inner.lens[..inner.shelved]
+            .iter()
+            .map(|&l| usize::from(l))
+            .sum();
         for head in [inner.head, list.returned.load(Ordering::Acquire)] {
             let mut at = head;
             while at != 0 {
@@ -368,9 +474,17 @@ mod tests {
 
     #[test]
     fn only_runs_with_every_object_free_go_back() {
+        only_whole_runs_go_back(Central::new());
+    }
+
+    #[test]
+    fn only_runs_with_every_object_free_go_back_with_batches_shelved() {
+        only_whole_runs_go_back(Central::with_shelves());
+    }
+
+    fn only_whole_runs_go_back(central: Central) {
         let region = Region::reserve(64).unwrap();
         let spans = Spans::new();
-        let central = Central::new();
         let class = classes::class_of(4000).unwrap();
         let per_run = classes::objects_per_run(class);
         let grow = |n: usize| {
@@ -393,7 +507,10 @@ mod tests {
             .filter(|&o| o != out[0])
             .collect();
         back.extend_from_slice(&out[2 * per_run..]);
-        central.give(class, &back);
+        // In batches, as caches flush: on the shelf while it has room.
+        for chunk in back.chunks(7) {
+            central.give(class, chunk);
+        }
         assert_eq!(central.release(class, &region, &spans), 2);
         assert_eq!(central.census(class), (per_run - 1, 1));
         assert_eq!(region.lookup(out[per_run]), Some(Entry::Unused));
@@ -407,6 +524,39 @@ mod tests {
         let mut again = [0usize; 2];
         assert_eq!(central.take(class, &mut again, grow), 2);
         assert_eq!(again[1] - again[0], classes::size(class));
+    }
+
+    #[test]
+    fn shelved_batches_move_whole_without_touching_their_objects() {
+        let central = Central::with_shelves();
+        assert_ne!(central.shelves, 0);
+        // Addresses in memory that cannot be read or written: a look at
+        // any object would fault.
+        let none = crate::region::map(1 << 16, libc::PROT_NONE).unwrap();
+        let class = classes::class_of(64).unwrap();
+        let batch =
+            |k: usize| -> Vec<usize> { (0..20).map(|i| none + (k * 20 + i) * 64).collect() };
+        let no_grow = |_: usize| None;
+        for k in 0..BATCHES {
+            central.give(class, &batch(k));
+        }
+        assert_eq!(central.census(class).0, 20 * BATCHES);
+        // The newest batch first, whole; then part of the next.
+        let mut out = [0usize; 20];
+        assert_eq!(central.take(class, &mut out, no_grow), 20);
+        assert_eq!(out.to_vec(), batch(BATCHES - 1));
+        let mut part = [0usize; 5];
+        assert_eq!(central.take(class, &mut part, no_grow), 5);
+        assert_eq!(part.to_vec(), batch(BATCHES - 2)[15..].to_vec());
+        let mut rest = vec![0usize; 20 * BATCHES];
+        let n = central.take(class, &mut rest, no_grow);
+        assert_eq!(
+            n,
+            20 * (BATCHES - 1) - 5,
+            "every shelved object, and no more"
+        );
+        assert_eq!(&rest[..15], &batch(BATCHES - 2)[..15]);
+        assert_eq!(central.census(class).0, 0);
     }
 
     #[test]

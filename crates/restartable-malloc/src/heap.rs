@@ -30,6 +30,7 @@ use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::cache::{Caches, Done, Path, SLOTS};
 use crate::central::Central;
 use crate::classes::{self, COUNT, MAX, SPAN};
+use crate::magazine;
 use crate::region::{Entry, Region, MAX_LARGE_SPANS};
 use crate::spans::Spans;
 use crate::tunables::Tunables;
@@ -62,6 +63,40 @@ pub(crate) struct Counts {
     pub(crate) sweeps: AtomicUsize,
     pub(crate) drained: AtomicUsize,
     pub(crate) released_runs: AtomicUsize,
+}
+
+/// Fallback operations a thread counts before it adds them to
+/// [`Counts::fallback_ops`]: one shared counter bumped on every operation
+/// would bounce its line between CPUs, costing more than the operation.
+const FALLBACK_BATCH: u32 = 64;
+
+thread_local! {
+    /// This thread's fallback operations not yet added (const, no
+    /// destructor).
+    static FALLBACK_OPS: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+impl Counts {
+    /// Counts one fallback operation of this thread (added to the shared
+    /// count every [`FALLBACK_BATCH`], and by [`settle`](Self::settle)).
+    #[inline(always)]
+    pub(crate) fn count_fallback(&self) {
+        let n = FALLBACK_OPS.get() + 1;
+        if n < FALLBACK_BATCH {
+            FALLBACK_OPS.set(n);
+        } else {
+            FALLBACK_OPS.set(0);
+            self.fallback_ops.fetch_add(n as usize, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds this thread's pending fallback operations to the shared count
+    /// (before the statistics are read; other threads' last few stay
+    /// pending until their next batch).
+    pub(crate) fn settle(&self) {
+        let n = FALLBACK_OPS.replace(0);
+        self.fallback_ops.fetch_add(n as usize, Ordering::Relaxed);
+    }
 }
 
 /// The allocator's state.
@@ -110,7 +145,7 @@ impl Heap {
         Ok(Heap {
             region: Region::reserve(spans)?,
             spans: Spans::new(),
-            central: Central::new(),
+            central: Central::with_shelves(),
             caches: Caches::map(ncpus, index_for(tunables.index))?,
             counts: Counts::default(),
             tunables,
@@ -163,7 +198,7 @@ impl Heap {
         match self.caches.pop(class) {
             (Done::Yes(p), path) => {
                 if path == Path::Fallback {
-                    self.counts.fallback_ops.fetch_add(1, Ordering::Relaxed);
+                    self.counts.count_fallback();
                 }
                 p as *mut u8
             }
@@ -174,6 +209,7 @@ impl Heap {
     /// The cache was empty or unreachable: a batch from the central list,
     /// one object for the caller and the rest for the cache.
     #[cold]
+    #[inline(never)]
     fn refill(&self, class: usize) -> *mut u8 {
         let mut buf = [0usize; SLOTS];
         let n = self
@@ -299,18 +335,7 @@ impl Heap {
             return;
         }
         match self.find(p) {
-            Found::Small(class) => match self.caches.push(class, self.cap(class), p as usize) {
-                (Done::Yes(()), path) => {
-                    if path == Path::Fallback {
-                        self.counts.fallback_ops.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                (Done::No, _) => self.flush(class, p as usize),
-                (Done::Unreachable, _) => {
-                    self.counts.central_direct.fetch_add(1, Ordering::Relaxed);
-                    self.central.give(class, &[p as usize]);
-                }
-            },
+            Found::Small(class) => self.free_small(class, p as usize),
             Found::Large(spans) => {
                 self.counts.large_frees.fetch_add(1, Ordering::Relaxed);
                 self.spans.give(&self.region, p as usize, spans);
@@ -318,9 +343,39 @@ impl Heap {
         }
     }
 
+    /// Puts `object` of `class` back: in this CPU's cache (or, for a
+    /// thread without rseq, its magazine), or the central list.
+    #[inline(always)]
+    fn free_small(&self, class: usize, object: usize) {
+        match self.caches.push(class, self.cap(class), object) {
+            (Done::Yes(()), path) => {
+                if path == Path::Fallback {
+                    self.counts.count_fallback();
+                }
+            }
+            (Done::No, _) => self.flush(class, object),
+            (Done::Unreachable, _) => self.free_central(class, object),
+        }
+    }
+
+    /// Empties the calling thread's magazine into the caches (and closes
+    /// it, at thread exit).
+    pub(crate) fn empty_magazine(&self, close: bool) {
+        magazine::empty(close, |class, object| self.free_small(class, object));
+    }
+
+    /// The cache could not be reached: `object` goes to the central list.
+    #[cold]
+    #[inline(never)]
+    fn free_central(&self, class: usize, object: usize) {
+        self.counts.central_direct.fetch_add(1, Ordering::Relaxed);
+        self.central.give(class, &[object]);
+    }
+
     /// The cache was full: half of it goes to the central list, then
     /// `object` into the cache.
     #[cold]
+    #[inline(never)]
     fn flush(&self, class: usize, object: usize) {
         self.counts.flushes.fetch_add(1, Ordering::Relaxed);
         self.tick();
@@ -364,6 +419,7 @@ impl Heap {
     /// Does nothing in a thread that holds an allocator lock (a signal
     /// handler inside the allocator).
     pub fn trim(&self) -> bool {
+        self.empty_magazine(false);
         self.last_sweep.store(now_ms(), Ordering::Relaxed);
         self.sweep()
     }
@@ -573,6 +629,7 @@ fn set_up() -> Option<&'static Heap> {
         Ok(h) => {
             // SAFETY: only this thread, holding BUSY, writes the slot.
             unsafe { (*HEAP.0.get()).write(h) };
+            magazine::make_key();
             STATE.store(READY, Ordering::Release);
             SETTING.set(false);
             at_fork();

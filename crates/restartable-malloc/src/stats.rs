@@ -37,7 +37,8 @@ pub struct Stats {
     pub flushes: usize,
     /// Frees that went to a central list at once (the cache was guarded).
     pub central_direct: usize,
-    /// Cache operations served by the fallback path (no rseq).
+    /// Cache operations served by the fallback path (no rseq); each other
+    /// thread's last few (below 64) are added at its next batch.
     pub fallback_ops: usize,
     /// Large allocations and frees (whole spans).
     pub large_allocs: usize,
@@ -68,6 +69,7 @@ pub struct Stats {
 pub fn stats() -> Option<Stats> {
     let h = heap::heap_if_ready()?;
     let c = &h.counts;
+    c.settle();
     let (_, free_spans) = h.spans.free(&h.region);
     let classes = (0..COUNT)
         .map(|class| {
