@@ -8,7 +8,7 @@
 //! | larger | whole spans, returned to the system when freed |
 //!
 //! A cache holds at most [`Heap::cap`] objects of a class (at most
-//! `RESTARTABLE_MALLOC_CACHE_KIB`, 32 KiB by default, of them; at least
+//! `RESTARTABLE_MALLOC_CACHE_KIB`, 128 KiB by default, of them; at least
 //! one, at most [`SLOTS`]); a refill or a flush moves half of that between
 //! the cache and the central list.
 //!
