@@ -549,8 +549,9 @@ fn now_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
-/// The smallest reservation tried: 1 GiB.
-const MIN_RESERVE_SPANS: usize = (1 << 30) / SPAN;
+/// The smallest reservation tried: 64 MiB (a process under an
+/// address-space limit of a few hundred MiB still gets a heap).
+const MIN_RESERVE_SPANS: usize = (64 << 20) / SPAN;
 
 const UNSET: u8 = 0;
 const BUSY: u8 = 1;

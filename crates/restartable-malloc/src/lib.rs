@@ -60,9 +60,14 @@ pub use stats::{stats, ClassStats, Stats};
 /// caches under their guard words: no rseq for this thread).
 pub fn path() -> &'static str {
     if restartable::section::Thread::current().is_some() {
-        "rseq"
-    } else {
-        "fallback"
+        return "rseq";
+    }
+    // A thread whose area the runtime gave up in its exit destructors (the
+    // exit report, where the library registered the thread itself) ran on
+    // the rseq path until then.
+    match restartable::registration().fallback {
+        Some(restartable::FallbackReason::ThreadExiting) => "rseq",
+        _ => "fallback",
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `RESTARTABLE_MALLOC_RESERVE_GIB` | address space reserved at start, in GiB (1 to 65536); never committed until used; halved, down to 1 GiB, while the system refuses it | 64 |
+//! | `RESTARTABLE_MALLOC_RESERVE_GIB` | address space reserved at start, in GiB (1 to 65536); never committed until used; halved, down to 64 MiB, while the system refuses it | 64 |
 //! | `RESTARTABLE_MALLOC_CACHE_KIB` | the most bytes of one size class a CPU's cache holds, in KiB (1 to 1024; at least one object, at most 62) | 128 |
 //! | `RESTARTABLE_MALLOC_RELEASE_MS` | the release delay, in ms (0 to 3600000): the first slow path (a cache refill or flush) this long after the last sweeps: every CPU's caches drain to the central lists and runs with no object in use go back to the system; 0: only `malloc_trim` / [`trim`](crate::trim) does | 1000 |
 //! | `RESTARTABLE_MALLOC_INDEX` | what picks a thread's cache block: `cpu_id` (the CPU number) or `mm_cid` (the concurrency id, Linux 6.3+: blocks scale with the threads running at once, not with the CPUs; `cpu_id` where the kernel does not maintain it) | `cpu_id` |

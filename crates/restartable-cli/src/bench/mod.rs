@@ -16,7 +16,8 @@ pub use harness::{MAX_OPS, MAX_THREADS};
 
 #[derive(Subcommand)]
 pub enum What {
-    /// The per-CPU allocator against the C library's malloc and mimalloc.
+    /// The per-CPU allocator against the C library's malloc, mimalloc,
+    /// jemalloc and tcmalloc, each row in a process of its own.
     Alloc(AllocArgs),
     /// `Counter` against a shared atomic, per-CPU atomics and a thread-local.
     Counter(CounterArgs),

@@ -360,6 +360,7 @@ fn print_text(rows: &[Row], notes: &[String]) {
         );
     }
     println!("x libc: this row's Mops/s over the C library malloc's; x fastest: over the fastest other allocator's; both at the same workload and thread count, above 1 is faster.");
+    println!("ns/op/thread is one thread's wall time per operation: with more threads than CPUs it includes the time a thread waits for a CPU, so rank oversubscribed rows by Mops/s.");
     println!("peak MiB: the process's peak resident memory during the run (each row runs in a process of its own; the program itself is a few MiB); x leanest: over the leanest other allocator's, below 1 is leaner.");
     for note in notes {
         println!("{note}");
