@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 
+mod common;
+
 use restartable_malloc::RestartableMalloc;
 
 #[global_allocator]
@@ -85,29 +87,17 @@ fn hop_and_report() {
 }
 
 fn child(index: &str) -> (String, [BTreeSet<usize>; 3]) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "blocks_follow_the_index", "--nocapture"])
-        .env("INDEX_CHILD", "1")
-        .env("RESTARTABLE_MALLOC_INDEX", index)
-        .env("RESTARTABLE_MALLOC_RELEASE_MS", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child ({index}) failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let line = common::child_report(
+        "blocks_follow_the_index",
+        "[index]",
+        &[
+            ("RESTARTABLE_MALLOC_INDEX", index),
+            ("RESTARTABLE_MALLOC_RELEASE_MS", "0"),
+        ],
+        &[],
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("[index]"))
-        .unwrap_or_default()
-        .to_owned();
-    println!("{line}");
     let set = |key: &str| -> BTreeSet<usize> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-            .unwrap_or("")
+        common::word(&line, key)
             .split(',')
             .filter_map(|v| v.parse().ok())
             .collect()
@@ -116,20 +106,15 @@ fn child(index: &str) -> (String, [BTreeSet<usize>; 3]) {
     (line, sets)
 }
 
-/// The number after `key=` in a report line.
-fn number(line: &str, key: &str) -> usize {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Each hop's frees landed in the one block of the index's id (one hop
 /// may lose its thread to a context switch between the read and the
 /// frees).
 fn check(line: &str) {
     if line.contains("path=rseq") {
-        let (hops, matched) = (number(line, "hops"), number(line, "matched"));
+        let (hops, matched) = (
+            common::number(line, "hops"),
+            common::number(line, "matched"),
+        );
         assert!(hops > 0, "the thread could not pin itself anywhere: {line}");
         assert!(matched + 1 >= hops, "frees landed in other blocks: {line}");
     }
@@ -137,7 +122,7 @@ fn check(line: &str) {
 
 #[test]
 fn blocks_follow_the_index() {
-    if std::env::var_os("INDEX_CHILD").is_some() {
+    if common::in_child() {
         hop_and_report();
         return;
     }
@@ -158,6 +143,6 @@ fn blocks_follow_the_index() {
         "[index] mm_cid: {} block(s) used for {} CPU(s) visited; {} hop(s) where the mm_cid was not the CPU",
         blocks.len(),
         cpus.len(),
-        number(&line, "mm_cid_not_cpu")
+        common::number(&line, "mm_cid_not_cpu")
     );
 }

@@ -5,6 +5,8 @@
 //! more runs than before (had the magazines kept their objects, the
 //! 16,000 objects left behind would hold at least seven runs).
 
+mod common;
+
 use restartable_malloc::RestartableMalloc;
 
 #[global_allocator]
@@ -47,7 +49,7 @@ fn churn_threads() -> (usize, usize, usize) {
 
 #[test]
 fn exiting_threads_give_their_magazines_back() {
-    if std::env::var_os("MAGAZINE_CHILD").is_some() {
+    if common::in_child() {
         let (before, after, sum) = churn_threads();
         let stats = restartable_malloc::stats().unwrap();
         println!(
@@ -57,33 +59,18 @@ fn exiting_threads_give_their_magazines_back() {
         );
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "exiting_threads_give_their_magazines_back",
-            "--nocapture",
-        ])
-        .env("MAGAZINE_CHILD", "1")
-        .env("RESTARTABLE_DISABLE", "1")
-        .env("RESTARTABLE_MALLOC_RELEASE_MS", "0")
-        .env_remove("RESTARTABLE_REQUIRE_RSEQ")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let line = common::child_report(
+        "exiting_threads_give_their_magazines_back",
+        "[magazine]",
+        &[
+            ("RESTARTABLE_DISABLE", "1"),
+            ("RESTARTABLE_MALLOC_RELEASE_MS", "0"),
+        ],
+        &["RESTARTABLE_REQUIRE_RSEQ"],
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("[magazine]"))
-        .unwrap_or_default();
-    println!("{line}");
-    let field = |k: &str| -> usize {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
+    let field = |k: &str| {
+        common::word(&line, k)
+            .parse::<usize>()
             .unwrap_or(usize::MAX)
     };
     assert!(line.contains("path=fallback"), "{line}");

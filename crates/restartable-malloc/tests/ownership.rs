@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use restartable_malloc::RestartableMalloc;
 
 #[global_allocator]
@@ -299,48 +301,19 @@ fn no_block_is_handed_out_twice_or_overwritten() {
 }
 
 /// Runs the stress in a child with `env` set (and `remove` unset): its
-/// report line, after checking that it passed.
+/// report line.
 fn child_run(env: &[(&str, &str)], remove: &[&str]) -> String {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
+    common::child_report(
         "no_block_is_handed_out_twice_or_overwritten",
-        "--nocapture",
-    ])
-    .env("OWNERSHIP_CHILD", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    for k in remove {
-        cmd.env_remove(k);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("[ownership]"))
-        .unwrap_or("")
-        .to_owned();
-    println!("{line}");
-    assert!(
-        out.status.success(),
-        "child run with {env:?} failed:\n{stdout}\n{stderr}"
-    );
-    line
-}
-
-/// The number after `key=` in a report line.
-fn field(line: &str, key: &str) -> usize {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        "[ownership]",
+        env,
+        remove,
+    )
 }
 
 #[test]
 fn the_fallback_path_keeps_ownership_exact_too() {
-    if std::env::var_os("OWNERSHIP_CHILD").is_some() {
+    if common::in_child() {
         return;
     }
     let line = child_run(
@@ -348,7 +321,7 @@ fn the_fallback_path_keeps_ownership_exact_too() {
         &["RESTARTABLE_REQUIRE_RSEQ"],
     );
     assert!(line.contains("path=fallback"), "{line}");
-    let fallback = field(&line, "fallback_ops");
+    let fallback = common::number(&line, "fallback_ops");
     assert!(
         fallback > 10_000,
         "the fallback path served {fallback} operations: {line}"
@@ -359,7 +332,7 @@ fn the_fallback_path_keeps_ownership_exact_too() {
 /// concurrency id from CPU to CPU, and its guard holders fence every CPU.
 #[test]
 fn caches_indexed_by_mm_cid_keep_ownership_exact() {
-    if std::env::var_os("OWNERSHIP_CHILD").is_some() {
+    if common::in_child() {
         return;
     }
     let kernel_has_mm_cid = restartable::current_mm_cid().is_some();
@@ -371,6 +344,6 @@ fn caches_indexed_by_mm_cid_keep_ownership_exact() {
     }
     assert!(line.contains("index=mm_cid"), "{line}");
     if line.contains("path=rseq") {
-        assert!(field(&line, "made") > 10_000, "{line}");
+        assert!(common::number(&line, "made") > 10_000, "{line}");
     }
 }

@@ -92,6 +92,24 @@ pub fn json_of(cmd: &mut Command) -> Value {
     })
 }
 
+/// Runs `restartable bench <what> <args> --json --plot <a temporary SVG>`:
+/// its rows and the chart's text (the file is removed).
+pub fn bench_rows_and_chart(what: &str, args: &[&str]) -> (Vec<Value>, String) {
+    let svg = std::env::temp_dir().join(format!("restartable-{what}-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&svg);
+    let mut all = vec!["bench", what];
+    all.extend_from_slice(args);
+    all.extend([
+        "--json",
+        "--plot",
+        svg.to_str().expect("a UTF-8 temporary path"),
+    ]);
+    let rows = json_of(&mut restartable(&all));
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    let _ = std::fs::remove_file(&svg);
+    (rows.as_array().expect("an array of rows").clone(), chart)
+}
+
 pub fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
