@@ -70,13 +70,21 @@ fi
 : "${timeout_s:=300}"
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "malloc-compare.sh: bad --repeat '$repeat'" >&2; exit 2; }
 [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || { echo "malloc-compare.sh: bad --timeout '$timeout_s'" >&2; exit 2; }
-[[ $scale =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "malloc-compare.sh: bad --scale '$scale'" >&2; exit 2; }
+[[ $scale =~ ^[0-9]*\.?[0-9]+$ && ! $scale =~ ^[0.]+$ ]] || { echo "malloc-compare.sh: bad --scale '$scale' (a positive number)" >&2; exit 2; }
+# Fail before the runs, not after them, if the JSON cannot be written.
+if [[ -n $json ]] && ! : >>"$json"; then
+    echo "malloc-compare.sh: cannot write $json" >&2
+    exit 2
+fi
 
 # Op counts (total over all threads) sized so that the default run, 3
 # repeats of 11 rows of 6 allocators, takes 3-4 minutes on 2 CPUs.
 declare -A base_ops=([remote]=20000000 [falseshare]=3000000 [mixed]=6000000 [larson]=16000000)
 declare -A ops
 IFS=, read -r -a mode_list <<<"$modes"
+# A name given twice runs once (as `restartable bench alloc` does).
+mapfile -t mode_list < <(printf '%s\n' "${mode_list[@]}" | awk 'NF && !seen[$0]++')
+modes=$(IFS=,; echo "${mode_list[*]}")
 for m in "${mode_list[@]}"; do
     [[ -n ${base_ops[$m]:-} ]] || { echo "malloc-compare.sh: unknown mode '$m'" >&2; exit 2; }
     # --quick: 1/200 of the real counts, enough to exercise every path
@@ -113,6 +121,7 @@ declare -A preload=(
 )
 alloc_list=()
 IFS=, read -r -a wanted <<<"$allocators"
+mapfile -t wanted < <(printf '%s\n' "${wanted[@]}" | awk 'NF && !seen[$0]++')
 for a in "${wanted[@]}"; do
     if [[ ! -v "preload[$a]" ]]; then
         echo "malloc-compare.sh: unknown allocator '$a'" >&2
