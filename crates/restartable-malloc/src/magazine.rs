@@ -135,9 +135,14 @@ pub(crate) fn put(class: usize, object: usize) -> bool {
 }
 
 /// Sets this thread's key, so that its destructor runs at thread exit;
-/// the thread is closed when that fails.
+/// the thread is closed when that fails. Busy meanwhile: a signal handler
+/// that interrupts it neither arms again nor uses the magazine.
 #[cold]
 fn arm(m: &Magazine) -> bool {
+    if m.busy.replace(true) {
+        return false;
+    }
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
     let key = KEY.load(Ordering::Acquire);
     // SAFETY: a key `make_key` made; a non-null value makes the
     // destructor run. The first keys need no allocation to set
@@ -147,6 +152,8 @@ fn arm(m: &Magazine) -> bool {
     let set = key < KEY_FAILED
         && unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) } == 0;
     m.state.set(if set { ARMED } else { CLOSED });
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    m.busy.set(false);
     set
 }
 
