@@ -30,9 +30,10 @@
 //! [`push_many`]) are written in the section language
 //! (`restartable::section!`), so they exist for x86-64, aarch64 and
 //! riscv64 and are checked by the model checker (`tests/model.rs`). A
-//! thread without rseq runs the same bodies as plain Rust (their twins)
-//! under the CPU's guard; a section that finds the guard set leaves, and
-//! the caller goes to the central list instead.
+//! thread without rseq first tries its own magazine (`magazine.rs`, for a
+//! single pop or push), then runs the same bodies as plain Rust (their
+//! twins) under the CPU's guard; a section that finds the guard set
+//! leaves, and the caller goes to the central list instead.
 //!
 //! Only a commit proves that a pop took an object: nothing here trusts a
 //! CPU id read outside a section.
