@@ -6,8 +6,10 @@
 # really runs here), the C allocator workloads under LD_PRELOAD (checked
 # runs of scripts/malloc-compare.sh), a statically linked glibc build and a musl build
 # with their tests (scripts/environments.sh), the library's unit tests
-# under Miri, and the aarch64 and riscv64 sections on real arm64 and
-# riscv64 kernels under qemu-system-aarch64 and qemu-system-riscv64.
+# under Miri, the aarch64 and riscv64 sections on real arm64 and
+# riscv64 kernels under qemu-system-aarch64 and qemu-system-riscv64, and
+# the whole project on a 64-possible, 16-online, hot-plugging x86-64
+# machine under qemu-system-x86_64 (scripts/many-cpus-vm.sh).
 # Installs missing prerequisites first (scripts/lib/packages.sh: never
 # removes or changes an installed package). Prints each step's time and a
 # summary. This is THE test command; .ci/run calls it.
@@ -155,6 +157,10 @@ ok
 
 step "riscv64 sections under qemu-system-riscv64 (scripts/riscv64-vm.sh)"
 scripts/riscv64-vm.sh
+ok
+
+step "many CPUs: 16 of 64 online, sparse, hot-plug, under qemu-system-x86_64 (scripts/many-cpus-vm.sh)"
+scripts/many-cpus-vm.sh
 ok
 
 summary

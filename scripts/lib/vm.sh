@@ -35,6 +35,7 @@
 #   PREFIX_VM_TIMEOUT=900        seconds before the VM is killed
 #   PREFIX_VM_CMD_TIMEOUT=300    seconds per command inside the VM
 #   PREFIX_VM_STRESS_TIMEOUT=60  `stress --timeout` in the VM (a run takes ~1 s)
+#   PREFIX_VM_INJECT_OPS=5000    operations per worker of the injected stress runs
 #   PREFIX_VM_BACKTRACE=0        RUST_BACKTRACE in the VM (1: backtraces, which
 #                                cost ~40 s per run of the unit tests, whose
 #                                panic tests print them)
@@ -58,23 +59,31 @@ vm_phase() {
     echo "==> [$(date +%T), +${SECONDS}s] $*"
 }
 
-# vm_setup ARCH SCRIPT: the variables every step uses.
+# vm_setup ARCH SCRIPT [NAME]: the variables every step uses. NAME (default
+# ARCH) names the VM: its PREFIX, its console tag and its target/ folders.
 vm_setup() {
     VM_ARCH=$1
     VM_SCRIPT=$2
-    VM_PREFIX=${VM_ARCH^^}
-    VM_TAG="$VM_PREFIX-VM"
+    local name=${3:-$1}
+    VM_PREFIX=$(tr 'a-z-' 'A-Z_' <<<"$name")
+    VM_TAG="$(tr 'a-z_' 'A-Z-' <<<"$name")-VM"
     TARGET=$VM_ARCH-unknown-linux-gnu
     [[ $VM_ARCH == riscv64 ]] && TARGET=riscv64gc-unknown-linux-gnu
-    VM="$ROOT/target/$VM_ARCH-vm"
-    export CARGO_TARGET_DIR="$ROOT/target/$VM_ARCH-vm-build"
+    VM="$ROOT/target/$name-vm"
+    export CARGO_TARGET_DIR="$ROOT/target/$name-vm-build"
     TIMEOUT=$(vm_env TIMEOUT 900)
     CMD_TIMEOUT=$(vm_env CMD_TIMEOUT 300)
     STRESS_TIMEOUT=$(vm_env STRESS_TIMEOUT 60)
+    INJECT_OPS=$(vm_env INJECT_OPS 5000)
     BACKTRACE=$(vm_env BACKTRACE 0)
     PROFILE=$(vm_env PROFILE release)
     VM_SMP=$(vm_env SMP 2)
     VM_MEM=$(vm_env MEM 1024)
+    VM_ACCEL="tcg,thread=multi"
+    # The owners the test binaries run with (the stress modes alternate
+    # both whatever this says); VM_GUEST_ENV: VAR=VALUE words exported in
+    # the guest.
+    VM_TEST_OWNERS="libc library"
     VM_MISSING=()
     VM_TESTS=()
     VM_NOTES=()
@@ -167,6 +176,23 @@ vm_fetch_kernel() {
         mkdir -p "$KDIR" "$VM/extract"
         dpkg-deb -x "$(ls -t "$VM/debs/${kpkg}"_*.deb | head -n1)" "$VM/extract"
         dpkg-deb -x "$(ls -t "$VM/debs"/busybox-static_*.deb | head -n1)" "$VM/extract"
+        # Debian's 7.x kernels ship the image in linux-binary-<version> and
+        # the config in linux-base-<version>, on which linux-image-<version>
+        # only depends; both under /usr/lib/modules/<version>/.
+        if ! compgen -G "$VM/extract/boot/vmlinu[xz]-*" >/dev/null; then
+            local part deb
+            for part in binary base; do
+                deb=${kpkg/#linux-image-/linux-$part-}
+                (cd "$VM/debs" && apt-get "${VM_APT_OPTS[@]}" download "$deb")
+                dpkg-deb -x "$(ls -t "$VM/debs/${deb}"_*.deb | head -n1)" "$VM/extract"
+            done
+            mkdir -p "$VM/extract/boot"
+            local mod
+            for mod in "$VM"/extract/usr/lib/modules/*/; do
+                cp "$mod/vmlinuz" "$VM/extract/boot/vmlinuz-$(basename "$mod")"
+                cp "$mod/config" "$VM/extract/boot/config-$(basename "$mod")"
+            done
+        fi
         # vmlinuz-* (arm64), vmlinux-* (riscv64: a flat Image with a PE header).
         local vmlinuz
         vmlinuz=$(ls "$VM"/extract/boot/vmlinu[xz]-* | head -n1)
@@ -215,7 +241,7 @@ vm_fetch_sysroot() {
 # carries its compressed Image as a payload.
 vm_unpack_image() {
     local vmlinuz=$1 image=$2
-    if [[ $(dd if="$vmlinuz" bs=1 skip=4 count=4 status=none) == zimg ]]; then
+    if [[ $(dd if="$vmlinuz" bs=1 skip=4 count=4 status=none | tr -d '\0') == zimg ]]; then
         local off size comp
         off=$(od -An -tu4 -j8 -N4 "$vmlinuz" | tr -d ' ')
         size=$(od -An -tu4 -j12 -N4 "$vmlinuz" | tr -d ' ')
@@ -314,13 +340,14 @@ vm_build_tests() {
     vm_add_test "${tests[@]}"
     # The allocator's unit tests, its ownership stress test (sections on
     # this architecture: rseq and fallback paths, cpu_id and mm_cid
-    # indexes) and the index test (frees land in the block of the
-    # thread's id). Its conformance and
+    # indexes), the index test (frees land in the block of the
+    # thread's id) and the many-CPU test (cache memory by index; an
+    # offline CPU's cache reclaimed, where hot-plug is on). Its conformance and
     # model tests do not depend on the architecture's sections and are too
     # long under emulation: the host runs them.
     mapfile -t tests < <(vm_build_json test --no-run "${VM_PROFILE_FLAG[@]}" --target "$TARGET" \
-        -p restartable-malloc --features abort-stats --lib --test ownership --test index)
-    ((${#tests[@]} == 3)) || { echo "allocator test binaries not built" >&2; exit 1; }
+        -p restartable-malloc --features abort-stats --lib --test ownership --test index --test many_cpu_caches)
+    ((${#tests[@]} == 4)) || { echo "allocator test binaries not built" >&2; exit 1; }
     vm_add_test "${tests[@]}"
 }
 
@@ -347,8 +374,10 @@ vm_initramfs() {
 #!/bin/busybox sh
 CMD_TIMEOUT=$CMD_TIMEOUT
 STRESS_TIMEOUT=$STRESS_TIMEOUT
+INJECT_OPS=$INJECT_OPS
 TAG=$VM_TAG
-export RUST_BACKTRACE=$BACKTRACE
+OWNERS="$VM_TEST_OWNERS"
+export RUST_BACKTRACE=$BACKTRACE ${VM_GUEST_ENV:-}
 EOF
     cat >>"$ramfs/init" <<'EOF'
 /bin/busybox --install -s /bin
@@ -359,6 +388,14 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp
 cd /tmp
+EOF
+    # What a VM script adds to the guest, files of busybox sh:
+    # VM_GUEST_SETUP runs before the suite (plain sh: the suite's helpers
+    # are not defined yet), VM_GUEST_EXTRA after it, before the verdict
+    # (with run, field, stress and $failed); its checks are the script's
+    # vm_verdict_extra, if it defines one.
+    if [[ -n ${VM_GUEST_SETUP:-} ]]; then cat "$VM_GUEST_SETUP" >>"$ramfs/init"; fi
+    cat >>"$ramfs/init" <<'EOF'
 
 # Both registrations: glibc's own (the static binaries find it through the
 # weak __rseq_* symbols; owner "libc") and, with the tunable off, the
@@ -416,8 +453,12 @@ echo "$TAG-SECTIONS critical_sections=$sections"
 [ "$sections" = true ] || failed="$failed critical-sections(none)"
 # Every test binary of the library with each owner.
 for t in /tests/*; do
-    run "test-$(basename "$t")-libc" env $REQ "$t" --test-threads=1 --nocapture
-    run "test-$(basename "$t")-library" env $NORSEQ $REQ "$t" --test-threads=1 --nocapture
+    for o in $OWNERS; do
+        case $o in
+            libc) run "test-$(basename "$t")-libc" env $REQ "$t" --test-threads=1 --nocapture ;;
+            *) run "test-$(basename "$t")-library" env $NORSEQ $REQ "$t" --test-threads=1 --nocapture ;;
+        esac
+    done
 done
 echo "$TAG-TIME tests $(($(date +%s) - start))s"
 start=$(date +%s)
@@ -474,9 +515,12 @@ i=0
 for m in $modes; do
     i=$((i + 1))
     case $m in churn) continue ;; esac
-    stress "$m-inject" "$(pick $i 0)" "$m" --threads 6 --ops 5000 --inject 0=20,1=20,2=80,3=80 --signal-every 7
+    stress "$m-inject" "$(pick $i 0)" "$m" --threads 6 --ops "$INJECT_OPS" --inject 0=20,1=20,2=80,3=80 --signal-every 7
 done
 echo "$TAG-TIME stress $(($(date +%s) - start))s"
+EOF
+    if [[ -n ${VM_GUEST_EXTRA:-} ]]; then cat "$VM_GUEST_EXTRA" >>"$ramfs/init"; fi
+    cat >>"$ramfs/init" <<'EOF'
 echo
 if [ -z "$failed" ]; then
     echo "$TAG: PASS ($count commands)"
@@ -502,7 +546,7 @@ vm_boot() {
     set +e
     timeout --foreground -k 10 "$TIMEOUT" "$qemu" \
         -smp "$VM_SMP" -m "$VM_MEM" \
-        -accel tcg,thread=multi \
+        -accel "$VM_ACCEL" \
         -nographic -no-reboot -nic none \
         -kernel "$IMAGE" -initrd "$INITRD" \
         "$@" </dev/null 2>&1 | tee "$LOG"
@@ -545,11 +589,13 @@ vm_verdict() {
     check "info --json with glibc's rseq off: owner library, rseq available" \
         "^$VM_TAG-INFO glibc-rseq=off owner=library rseq_available=true\$"
     check "critical sections in the guest's build" "^$VM_TAG-SECTIONS critical_sections=true\$"
-    for owner in libc library; do
+    for owner in $VM_TEST_OWNERS; do
         Owner=${owner^}
         check_block "runtime test adopted owner $owner" "test-runtime-$owner" "\\[in-process\\] Registration \\{ owner: $Owner,"
         check_block "sections test ran on the rseq path with owner $owner" "test-sections-$owner" '\[sections\] path=rseq'
         check_block "abort sweep stopped the section at each instruction, owner $owner" "test-abort_sweep-$owner" '\[abort-sweep\] [a-z0-9_]+: stopped at each of [0-9]+ instructions'
+    done
+    for owner in libc library; do
         n=$(grep -cE "^$VM_TAG-STRESS .* want=$owner owners=$owner path=rseq exact=true\$" <<<"$clean" || true)
         if ((n >= 10)); then
             echo "ok:      $n stress runs exact on the rseq path with owner $owner"
@@ -575,6 +621,7 @@ vm_verdict() {
     # What single_step did (it skips where the kernel cannot single-step).
     grep -oE '\[single-step\] .*' <<<"$clean" | sort -u | sed 's/^/note:    /' || true
     for n in "${VM_NOTES[@]}"; do echo "note:    $n"; done
+    if declare -F vm_verdict_extra >/dev/null; then vm_verdict_extra; fi
     grep -E "^$VM_TAG: FAIL" <<<"$clean" >&2 || true
     grep -E "^$VM_TAG-TIME " <<<"$clean" || true
     ((QEMU_RC == 124 || QEMU_RC == 137)) && { echo "the VM timed out" >&2; verdict=1; }

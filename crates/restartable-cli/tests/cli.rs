@@ -579,3 +579,152 @@ fn bench_alloc_json_and_chart_cover_every_allocator_and_workload_exactly() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `bench remote`: every op timed on the path this machine takes, the
+/// allocator's footprint; then `--from` on two saved runs (the second
+/// pretending to twice the online CPUs) gives the growth table and chart.
+#[test]
+fn bench_remote_rows_and_growth_from_saved_runs() {
+    const OPS: [&str; 5] = [
+        "fence_cpu",
+        "fence_all",
+        "buffer_drain",
+        "pool_flush",
+        "stack_take_all",
+    ];
+    let mut measure = restartable(&[
+        "bench",
+        "remote",
+        "--json",
+        "--iterations",
+        "20",
+        "--records",
+        "16",
+    ]);
+    measure.env_remove("RESTARTABLE_CLI_ALLOCATOR");
+    let run = json_of(&mut measure);
+    let path = match json_of(&mut restartable(&["info", "--json"]))["rseq_available"].as_bool() {
+        Some(true) => "rseq",
+        _ => "fallback",
+    };
+    assert_eq!(run["path"], path, "{run}");
+    let cpus = run["cpus"].as_array().expect("the affinity's CPUs").len();
+    let online = run["online_cpus"].as_u64().unwrap();
+    assert!(cpus >= 1 && online >= 1, "{run}");
+    assert!(run["possible_cpus"].as_u64().unwrap() >= online, "{run}");
+    let rows = run["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), OPS.len(), "{run}");
+    for op in OPS {
+        let row = rows
+            .iter()
+            .find(|r| r["op"] == op)
+            .unwrap_or_else(|| panic!("no row for {op}: {run}"));
+        assert!(row["ns_per_op"].as_f64().unwrap() > 0.0, "{row}");
+        let n = if op.starts_with("fence") { 20 } else { 2 };
+        assert_eq!(row["iterations"], n, "{row}");
+        assert_eq!(row["path"], path, "{row}");
+    }
+    let f = &run["footprint"];
+    assert!(f["cached_bytes"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["mapped_not_returned_bytes"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["cache_resident_bytes"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["cache_blocks_resident"].as_u64().unwrap() >= 1, "{f}");
+    if f["index"] == "cpu_id" {
+        // A thread pinned to each CPU freed into that CPU's cache.
+        assert!(f["caching_ids"].as_u64().unwrap() >= cpus as u64, "{f}");
+    }
+
+    // The same run at twice the CPUs: drains twice as long (linear), the
+    // flush eight times (faster than linear), the rest unchanged.
+    let mut bigger = run.clone();
+    bigger["online_cpus"] = (2 * online).into();
+    for row in bigger["rows"].as_array_mut().unwrap() {
+        let factor = match row["op"].as_str() {
+            Some("buffer_drain") => 2.0,
+            Some("pool_flush") => 8.0,
+            _ => 1.0,
+        };
+        row["ns_per_op"] = (row["ns_per_op"].as_f64().unwrap() * factor).into();
+    }
+    let dir = std::env::temp_dir();
+    let id = std::process::id();
+    let small = dir.join(format!("restartable-remote-{id}-a.json"));
+    let large = dir.join(format!("restartable-remote-{id}-b.json"));
+    let svg = dir.join(format!("restartable-remote-{id}.svg"));
+    std::fs::write(&small, run.to_string()).unwrap();
+    std::fs::write(&large, bigger.to_string()).unwrap();
+    let (small, large, svg) = (
+        small.to_str().unwrap(),
+        large.to_str().unwrap(),
+        svg.to_str().unwrap(),
+    );
+    // Given in either order, the columns go by online CPUs.
+    let growth = json_of(&mut restartable(&[
+        "bench", "remote", "--from", large, small, "--json",
+    ]));
+    assert_eq!(
+        growth["online_cpus"],
+        serde_json::json!([online, 2 * online])
+    );
+    let figures = growth["rows"].as_array().expect("rows");
+    // 1.0: in proportion to the CPUs; 0.5: constant over twice the CPUs.
+    let expected = |name: &str| match name {
+        "buffer_drain" => 1.0,
+        "pool_flush" => 4.0,
+        _ => 0.5,
+    };
+    for name in OPS.iter().chain(&[
+        "cached_bytes",
+        "caching_ids",
+        "mapped_not_returned_bytes",
+        "cache_resident_bytes",
+        "cache_blocks_resident",
+    ]) {
+        let row = figures
+            .iter()
+            .find(|r| r["name"] == *name)
+            .unwrap_or_else(|| panic!("no growth row for {name}: {growth}"));
+        assert_eq!(row["values"].as_array().unwrap().len(), 2, "{row}");
+        let g = row["growth"].as_f64().unwrap();
+        assert!((g - expected(name)).abs() < 1e-9, "{row}");
+        assert_eq!(row["faster_than_linear"], *name == "pool_flush", "{row}");
+    }
+    let out = restartable(&["bench", "remote", "--from", small, large, "--plot", svg])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for op in OPS {
+        assert!(text.contains(op), "the growth table lacks {op}:\n{text}");
+    }
+    assert!(
+        text.contains(&format!("{online} CPUs")) && text.contains("grows faster than linearly"),
+        "{text}"
+    );
+    let chart = std::fs::read_to_string(svg).expect("the chart was written");
+    assert!(
+        chart.contains("<text") && chart.contains("online CPUs"),
+        "{chart}"
+    );
+    assert!(
+        chart.contains("buffer_drain: "),
+        "the legend lacks buffer_drain"
+    );
+    // --from measures nothing, and wants one run per CPU count.
+    for args in [
+        &["--from", small, "--iterations", "5"][..],
+        &["--from", small, small],
+    ] {
+        let mut all = vec!["bench", "remote"];
+        all.extend_from_slice(args);
+        let out = restartable(&all).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(if args.len() == 4 { 2 } else { 1 }),
+            "{args:?}"
+        );
+    }
+    for file in [small, large, svg] {
+        let _ = std::fs::remove_file(file);
+    }
+}

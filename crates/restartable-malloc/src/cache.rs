@@ -248,6 +248,12 @@ impl Caches {
             .filter(|_| ncpus > 0)
             .ok_or(Error::BadLength)?;
         let base = crate::region::map(bytes, libc::PROT_READ | libc::PROT_WRITE)?;
+        // Page by page, not huge pages: with 64 possible CPUs the mapping
+        // is 2 MiB, which transparent huge pages would fault in whole at
+        // the first touch, however few CPUs (or mm_cids) use their block.
+        // Advice only: a kernel without THP refuses it, which is fine.
+        // SAFETY: `base` maps `bytes` bytes, just mapped by us.
+        unsafe { libc::madvise(base as *mut libc::c_void, bytes, libc::MADV_NOHUGEPAGE) };
         Ok(Caches { base, ncpus, index })
     }
 
@@ -271,6 +277,43 @@ impl Caches {
         }
     }
 
+    /// The caches' memory in RAM now: bytes of the pages this process
+    /// wrote, and the blocks with at least one such page. Blocks no CPU
+    /// (or `mm_cid`) ever used cost address space only. Read from
+    /// `/proc/self/pagemap` (Linux `Documentation/admin-guide/mm/pagemap.rst`):
+    /// a page counts when present and exclusively mapped (bits 63 and 56),
+    /// or swapped (bit 62); not `mincore`, which also counts the shared
+    /// zero page that merely reading an untouched cache's count maps.
+    /// Pages still shared with a `fork` parent are not counted. `(0, 0)`
+    /// if the file cannot be read. Allocates (for the statistics only).
+    pub fn resident(&self) -> (usize, usize) {
+        use std::os::unix::fs::FileExt;
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        const EXCLUSIVE: u64 = 1 << 56;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let pages = self.ncpus * STRIDE / page;
+        let mut entries = vec![0u8; pages * 8];
+        let read = std::fs::File::open("/proc/self/pagemap")
+            .and_then(|f| f.read_exact_at(&mut entries, (self.base / page * 8) as u64));
+        if read.is_err() {
+            return (0, 0);
+        }
+        let used: Vec<bool> = entries
+            .chunks_exact(8)
+            .map(|e| {
+                let e = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                e & SWAPPED != 0 || (e & PRESENT != 0 && e & EXCLUSIVE != 0)
+            })
+            .collect();
+        let blocks = used
+            .chunks((STRIDE / page).max(1))
+            .filter(|block| block.iter().any(|&u| u))
+            .count();
+        (used.iter().filter(|&&u| u).count() * page, blocks)
+    }
+
     /// The objects of `class` cached on `cpu` now (a racy snapshot, for the
     /// statistics).
     pub fn count(&self, cpu: usize, class: usize) -> usize {
@@ -286,33 +329,55 @@ impl Caches {
         }
     }
 
-    /// Empties block `cpu`'s cache of `class` into `out` under the cache's
-    /// guard (fencing the CPUs a section on it may run on, so none is
-    /// inside it): how many objects it
-    /// held. 0 when the cache is empty or its guard is refused (this
-    /// thread holds it, or holds another and this one is busy).
-    pub(crate) fn drain(&self, cpu: usize, class: usize, out: &mut [usize; SLOTS]) -> usize {
-        if cpu >= self.ncpus || class >= crate::classes::COUNT || self.count(cpu, class) == 0 {
+    /// Empties every non-empty cache of block `cpu` under its guard, with
+    /// one fence for the whole block ([`Guard::hold_each`]; a cache whose
+    /// guard another thread holds is skipped), handing each cache's
+    /// objects to `give(class, objects)` as its guard is released. The
+    /// guards of the block's later caches are held meanwhile, and `give`
+    /// takes a central list's lock: safe, as no thread holding an
+    /// allocator lock waits for a guard. The objects drained (0 when the
+    /// block is empty: no fence then).
+    pub(crate) fn drain_block(&self, cpu: usize, mut give: impl FnMut(usize, &[usize])) -> usize {
+        const _: () = assert!(crate::classes::COUNT <= 64);
+        if cpu >= self.ncpus {
             return 0;
         }
-        let at = self.base + cpu * STRIDE + class * CACHE;
-        self.guard(cpu, class)
-            .hold(self.reach(cpu), || {
-                // SAFETY: the count and the slots lie in the mapping; under
-                // the guard, with `cpu` fenced, no section or twin touches
-                // them.
-                unsafe {
-                    let count = &*((at + COUNT) as *const core::sync::atomic::AtomicU64);
-                    let n = (count.load(core::sync::atomic::Ordering::Relaxed) as usize).min(SLOTS);
-                    let slots = (at + 16) as *const usize;
-                    for (k, o) in out.iter_mut().enumerate().take(n) {
-                        *o = *slots.add(k);
-                    }
-                    count.store(0, core::sync::atomic::Ordering::Relaxed);
-                    n
+        let mut classes = [0usize; crate::classes::COUNT];
+        let mut n = 0;
+        for class in 0..crate::classes::COUNT {
+            if self.count(cpu, class) > 0 {
+                classes[n] = class;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return 0;
+        }
+        let guards: [&Guard; crate::classes::COUNT] =
+            core::array::from_fn(|i| self.guard(cpu, classes[i.min(n - 1)]));
+        let mut drained = 0;
+        let mut buf = [0usize; SLOTS];
+        let _ = Guard::hold_each(&guards[..n], self.reach(cpu), |i| {
+            let at = self.base + cpu * STRIDE + classes[i] * CACHE;
+            // SAFETY: the count and the slots lie in the mapping; under the
+            // cache's guard, with the CPUs a section on it may run on
+            // fenced, no section or twin touches them.
+            let got = unsafe {
+                let count = &*((at + COUNT) as *const core::sync::atomic::AtomicU64);
+                let got = (count.load(core::sync::atomic::Ordering::Relaxed) as usize).min(SLOTS);
+                let slots = (at + 16) as *const usize;
+                for (k, o) in buf.iter_mut().enumerate().take(got) {
+                    *o = *slots.add(k);
                 }
-            })
-            .unwrap_or(0)
+                count.store(0, core::sync::atomic::Ordering::Relaxed);
+                got
+            };
+            if got > 0 {
+                give(classes[i], &buf[..got]);
+                drained += got;
+            }
+        });
+        drained
     }
 
     fn guard(&self, cpu: usize, class: usize) -> &Guard {

@@ -15,8 +15,8 @@
 //! Release policy: a slow path (a refill or a flush) at least
 //! `RESTARTABLE_MALLOC_RELEASE_MS` (1000 by default) after the last
 //! sweep runs one: it drains every CPU's caches into the central lists
-//! (under their guards, through the fence: one per non-empty cache, so
-//! the caches of CPUs no thread runs on any more are reclaimed too; the
+//! (under their guards, with one fence per CPU or `mm_cid` block that holds objects, so
+//! the caches of CPUs no thread runs on any more, offline ones included, are reclaimed too; the
 //! busy ones refill at their next call) and gives every run with no object
 //! in use back to the system (`madvise`). A process that stops allocating
 //! keeps its memory until its next slow path or [`Heap::trim`]
@@ -431,15 +431,13 @@ impl Heap {
             return false;
         }
         self.counts.sweeps.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0usize; SLOTS];
+        // A block at a time: one fence per CPU (or mm_cid) with objects
+        // cached, not one per cache.
         for cpu in 0..self.caches.ncpus() {
-            for class in 0..COUNT {
-                let n = self.caches.drain(cpu, class, &mut buf);
-                if n > 0 {
-                    self.central.give(class, &buf[..n]);
-                    self.counts.drained.fetch_add(n, Ordering::Relaxed);
-                }
-            }
+            let n = self
+                .caches
+                .drain_block(cpu, |class, objects| self.central.give(class, objects));
+            self.counts.drained.fetch_add(n, Ordering::Relaxed);
         }
         let released: usize = (0..COUNT)
             .map(|class| self.central.release(class, &self.region, &self.spans))

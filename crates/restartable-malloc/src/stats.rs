@@ -59,6 +59,13 @@ pub struct Stats {
     pub cached_by_cpu: Vec<usize>,
     /// CPUs with caches.
     pub cpus: usize,
+    /// Bytes of the per-CPU cache mapping in RAM (the pages the process
+    /// wrote, from `/proc/self/pagemap`): grows with the CPUs (or
+    /// `mm_cid`s) that used their caches, not with `cpus`.
+    pub cache_resident_bytes: usize,
+    /// Blocks of that mapping (one per CPU or `mm_cid`, 32 KiB of address
+    /// space each) with at least one page in RAM.
+    pub cache_blocks_resident: usize,
     /// The tunables in force.
     pub tunables: crate::tunables::Tunables,
 }
@@ -71,6 +78,7 @@ pub fn stats() -> Option<Stats> {
     let c = &h.counts;
     c.settle();
     let (_, free_spans) = h.spans.free(&h.region);
+    let resident = h.caches.resident();
     let classes = (0..COUNT)
         .map(|class| {
             let (central, runs) = h.central.census(class);
@@ -108,6 +116,8 @@ pub fn stats() -> Option<Stats> {
             })
             .collect(),
         cpus: h.caches.ncpus(),
+        cache_resident_bytes: resident.0,
+        cache_blocks_resident: resident.1,
         tunables: h.tunables,
     })
 }
@@ -123,10 +133,13 @@ impl core::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  path: {} (this thread), index: {}, CPUs with caches: {}",
+            "  path: {} (this thread), index: {}, CPUs with caches: {}, \
+             cache blocks in RAM: {} ({} KiB)",
             crate::path(),
             crate::index(),
-            self.cpus
+            self.cpus,
+            self.cache_blocks_resident,
+            self.cache_resident_bytes / 1024
         )?;
         writeln!(
             f,

@@ -98,6 +98,27 @@ fn check_and_free(live: &Live, b: Block) {
 
 static SIGNALS: AtomicU64 = AtomicU64::new(0);
 
+/// The same stress with a sweep at most every 10 ms (the release delay;
+/// 1000 ms by default): every CPU's caches drained under their guards, a
+/// block and one fence at a time, while the sections run on them.
+#[test]
+fn sweeps_while_sections_run_keep_ownership_exact() {
+    if common::in_child() {
+        return;
+    }
+    let line = child_run(&[("RESTARTABLE_MALLOC_RELEASE_MS", "10")], &[]);
+    if line.contains("path=rseq") {
+        let (sweeps, drained) = (
+            common::number(&line, "sweeps"),
+            common::number(&line, "drained"),
+        );
+        assert!(
+            sweeps >= 5 && drained > 0,
+            "sweeps={sweeps} drained={drained}: {line}"
+        );
+    }
+}
+
 static HANDLER_BLOCKS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts, and allocates and frees a small and a large block: the handler
@@ -127,8 +148,7 @@ struct Report {
 }
 
 fn stress(ops: usize) -> Report {
-    let cpus = restartable::online_cpus();
-    let threads = 6 * cpus;
+    let threads = threads();
     // Delays inside every section, so preemption and signals land in them.
     for point in 0..restartable::inject::POINTS {
         restartable::inject::set_delay(point, 200);
@@ -250,20 +270,36 @@ fn path() -> &'static str {
     restartable_malloc::path()
 }
 
+/// Operations per worker: 6,000, or `RESTARTABLE_MALLOC_TEST_OPS`.
+fn ops_per_thread() -> usize {
+    env_number("RESTARTABLE_MALLOC_TEST_OPS").unwrap_or(6_000)
+}
+
+/// Workers: 6 x the online CPUs, or `RESTARTABLE_MALLOC_TEST_THREADS`
+/// (the many-CPU VM, where 16 vCPUs share 2 host cores under emulation
+/// and a signal handler's munmap interrupts every vCPU).
+fn threads() -> usize {
+    env_number("RESTARTABLE_MALLOC_TEST_THREADS").unwrap_or(6 * restartable::online_cpus())
+}
+
+fn env_number(var: &str) -> Option<usize> {
+    std::env::var(var).ok()?.parse().ok().filter(|&n| n > 0)
+}
+
 #[test]
 fn no_block_is_handed_out_twice_or_overwritten() {
     let before = restartable::stats::stats();
-    let r = stress(6_000);
+    let r = stress(ops_per_thread());
     let m = restartable_malloc::stats().unwrap();
     let aborts = restartable::stats::stats()
         .zip(before)
         .map(|(a, b)| a.aborts - b.aborts);
     println!(
         "[ownership] path={} index={} threads={} made={} freed={} passed={} signals={} refills={} flushes={} \
-         fallback_ops={} central_direct={} aborts={aborts:?} inject={}",
+         fallback_ops={} central_direct={} sweeps={} drained={} aborts={aborts:?} inject={}",
         path(),
         restartable_malloc::index(),
-        6 * restartable::online_cpus(),
+        threads(),
         r.made,
         r.freed,
         r.passed,
@@ -272,6 +308,8 @@ fn no_block_is_handed_out_twice_or_overwritten() {
         m.flushes,
         m.fallback_ops,
         m.central_direct,
+        m.sweeps,
+        m.drained,
         restartable::inject::ENABLED,
     );
     assert_eq!(r.made, r.freed, "every block made was freed once");

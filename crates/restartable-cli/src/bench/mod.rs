@@ -7,6 +7,7 @@ mod counter;
 mod harness;
 mod ops;
 mod plot;
+mod remote;
 mod report;
 mod structures;
 
@@ -23,6 +24,11 @@ pub enum What {
     Counter(CounterArgs),
     /// Each critical section against its nearest atomic or mutex equivalent.
     Ops(OpsArgs),
+    /// The cost of remote operations (fences; `Buffer::drain`,
+    /// `Pool::flush`, `Stack::pop_all_cpus` with data on every CPU) and the
+    /// allocator's per-CPU footprint at the CPUs online now; `--from` shows
+    /// how saved runs at several online CPU counts grow with CPUs.
+    Remote(RemoteArgs),
     /// The per-CPU structures (`Pool`, `Stack`, `Buffer`, `PerCpuU64`,
     /// `PerCpu`) against queues, mutexes, channels and sharded_slab, on the
     /// rseq path, the fallback path, or both.
@@ -104,6 +110,31 @@ pub struct StructuresArgs {
     plot: Option<std::path::PathBuf>,
 }
 
+#[derive(Args)]
+pub struct RemoteArgs {
+    /// Fences timed per fence row, 1 to 10^6; the drain, flush and
+    /// take-all rows time a tenth as many (at least 1). Each row runs a
+    /// tenth of its count unmeasured first.
+    #[arg(long, default_value_t = 200, conflicts_with = "from", value_parser = |s: &str| crate::parse::count(s, 1, 1_000_000))]
+    iterations: u64,
+    /// Records (Buffer), objects (Pool) or nodes (Stack) each CPU's thread
+    /// puts on its CPU per round, 1 to 65536.
+    #[arg(long, default_value_t = 64, conflicts_with = "from", value_parser = |s: &str| crate::parse::count(s, 1, 65_536).map(|n| n as usize))]
+    records: usize,
+    /// Print one JSON object instead of a table (with --from: the growth
+    /// table).
+    #[arg(long)]
+    json: bool,
+    /// Also write an SVG chart of time per operation and footprint against
+    /// online CPUs to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+    /// Measure nothing: read these saved --json outputs (runs at different
+    /// online CPU counts) and show how each figure grows with CPUs.
+    #[arg(long, num_args = 1.., value_name = "FILE.json")]
+    from: Vec<std::path::PathBuf>,
+}
+
 pub fn run(what: What) -> Result<(), String> {
     match what {
         What::Alloc(args) => alloc::run(
@@ -117,6 +148,13 @@ pub fn run(what: What) -> Result<(), String> {
         ),
         What::Counter(args) => counter::run(&args.run, harness::unique(args.variants)),
         What::Ops(args) => ops::run(&args.run, harness::unique(args.variants)),
+        What::Remote(args) => remote::run(remote::Options {
+            iterations: args.iterations,
+            records: args.records,
+            json: args.json,
+            plot: args.plot,
+            from: args.from,
+        }),
         What::Structures(args) => structures::run(
             &args.run,
             harness::unique(args.variants),

@@ -1,4 +1,5 @@
-//! SVG charts of throughput against threads.
+//! SVG charts: throughput against threads, or any figure against a count
+//! ([`Axes`]).
 //!
 //! plotters is built without its `ttf` feature: text goes into the SVG as
 //! `<text>` elements for the viewer to render, so no font file is read and
@@ -16,7 +17,8 @@ pub struct Line {
     pub name: String,
     /// What the variant is, shown after the name in the legend.
     pub about: &'static str,
-    /// (threads, Mops/s), in the order measured.
+    /// (x, y) in the panel's [`Axes`]: (threads, Mops/s) in the throughput
+    /// charts; in the order measured.
     pub points: Vec<(u32, f64)>,
     /// Drawn solid and thicker: the structure under test rather than a
     /// baseline.
@@ -36,6 +38,28 @@ const MIN_WIDTH: u32 = 1200;
 const CHART_HEIGHT: u32 = 430;
 const LEGEND_ROW: u32 = 19;
 const FONT: &str = "sans-serif";
+
+/// What a panel's axes and legend show: the x axis is a count (log2
+/// scale), the y axis a figure (log scale when it spans more than 20x).
+#[derive(Clone, Copy)]
+pub struct Axes {
+    /// What the x axis counts, plural ("threads").
+    pub x: &'static str,
+    /// The y axis's name and unit ("throughput, Mops/s").
+    pub y: &'static str,
+    /// The unit of the values in the legend ("Mops/s").
+    pub unit: &'static str,
+    /// What a line is, in the legend's heading ("variant").
+    pub series: &'static str,
+}
+
+/// The axes of the throughput charts.
+pub const THROUGHPUT: Axes = Axes {
+    x: "threads",
+    y: "throughput, Mops/s",
+    unit: "Mops/s",
+    series: "variant",
+};
 
 /// Fails before the runs, not after them, if a chart cannot be written at
 /// `path` (opened for appending: an existing chart is kept until the new
@@ -59,7 +83,18 @@ pub fn throughput_svg(
     note: &[String],
     panels: &[Panel],
 ) -> Result<(), String> {
-    let rows = panels.iter().map(|p| p.lines.len()).max().unwrap_or(0) as u32;
+    let panels: Vec<(&Panel, Axes)> = panels.iter().map(|p| (p, THROUGHPUT)).collect();
+    chart_svg(path, title, note, &panels)
+}
+
+/// [`throughput_svg`] with each panel's own axes.
+pub fn chart_svg(
+    path: &Path,
+    title: &str,
+    note: &[String],
+    panels: &[(&Panel, Axes)],
+) -> Result<(), String> {
+    let rows = panels.iter().map(|p| p.0.lines.len()).max().unwrap_or(0) as u32;
     let legend = 12 + (rows + 1) * LEGEND_ROW;
     let footer = 10 + note.len() as u32 * 18;
     let size = (
@@ -86,7 +121,7 @@ pub fn throughput_svg(
         .iter()
         .zip(panels)
     {
-        draw_panel(area, panel).map_err(|e| fail(&e))?;
+        draw_panel(area, panel.0, &panel.1).map_err(|e| fail(&e))?;
     }
     root.present().map_err(|e| fail(&e))?;
     // plotters reports some write errors only on drop; check the result.
@@ -153,7 +188,7 @@ impl Scale {
     }
 }
 
-fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResult {
+fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel, axes: &Axes) -> DrawResult {
     let (chart_area, legend_area) = area.split_vertically(CHART_HEIGHT);
     let points = || panel.lines.iter().flat_map(|l| l.points.iter().copied());
     let (t_min, t_max) = points().fold((u32::MAX, 1), |(lo, hi), (t, _)| (lo.min(t), hi.max(t)));
@@ -183,13 +218,17 @@ fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResu
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(x, y)?;
+    let (x_desc, y_desc) = (
+        format!("{} (log scale)", axes.x),
+        match ys {
+            Scale::Linear => axes.y.to_owned(),
+            _ => format!("{} (log scale)", axes.y),
+        },
+    );
     chart
         .configure_mesh()
-        .x_desc("threads (log scale)")
-        .y_desc(match ys {
-            Scale::Linear => "throughput, Mops/s",
-            _ => "throughput, Mops/s (log scale)",
-        })
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .x_labels(x_labels)
         .y_labels(y_labels)
         .x_label_formatter(&|x| xs.value(*x).map_or(String::new(), |t| format!("{t}")))
@@ -253,8 +292,11 @@ fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResu
     let row = |i: usize| 8 + (i as u32 * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2;
     legend_area.draw(&text(
         format!(
-            "variant: what it is: Mops/s at {} threads",
-            threads.join(", ")
+            "{}: what it is: {} at {} {}",
+            axes.series,
+            axes.unit,
+            threads.join(", "),
+            axes.x
         ),
         76,
         row(0),
@@ -279,7 +321,7 @@ fn draw_panel(area: &DrawingArea<Backend<'_>, Shift>, panel: &Panel) -> DrawResu
     Ok(())
 }
 
-/// Mops/s with as many digits as its size needs.
+/// A value (Mops/s, ns, KiB) with as many digits as its size needs.
 fn mops_label(y: f64) -> String {
     if y == 0.0 {
         "0".to_owned()

@@ -282,7 +282,9 @@ pub struct Options {
     pub timeout: u64,
     /// Pin worker i to the i-th CPU (mod their number) of this process's
     /// affinity, so a fence must reach CPUs outside the fencing thread's
-    /// own; needs at least two CPUs there.
+    /// own; needs at least two CPUs there. A worker whose CPU has gone
+    /// offline since (hot-plug) takes the next one; the kernel moves a
+    /// pinned worker off a CPU that goes offline under it.
     #[arg(long)]
     pub pin_workers: bool,
     /// Print JSON instead of text (one object; an array without a mode).
@@ -495,9 +497,11 @@ fn run_workers(
                         if skip {
                             restartable::opt_out_current_thread();
                         }
-                        if !pins.is_empty() {
-                            signals::pin_to(pins[n as usize % pins.len()])?;
-                        }
+                        // A CPU taken offline since the set was read
+                        // (hot-plug) refuses the pin: take the next one.
+                        let _ = (0..pins.len())
+                            .map(|k| pins[(n as usize + k) % pins.len()])
+                            .any(|cpu| signals::pin_to(cpu).is_ok());
                         let _timer = match opts.signal_us {
                             0 => None,
                             us => Some(signals::ThreadTimer::start(us)?),

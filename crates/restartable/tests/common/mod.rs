@@ -1,0 +1,3 @@
+//! What the library's test binaries share.
+
+pub mod cpus;
