@@ -7,7 +7,7 @@
 # through the weak __rseq_* symbols and adopt it: owner "libc") and off
 # (GLIBC_TUNABLES=glibc.pthread.rseq=0: the library registers its own area,
 # owner "library"): `restartable info --json` in both, every test binary of
-# the library in both, and the stress modes with the owner alternating so
+# the library (those about registration in both, the others with glibc's: scripts/lib/vm.sh), and the stress modes with the owner alternating so
 # that each mode runs with both. This script then checks the console log for
 # `AARCH64-VM: PASS` and for proof that the rseq path ran with each owner.
 # The plumbing is shared with scripts/riscv64-vm.sh (scripts/lib/vm.sh).

@@ -77,6 +77,9 @@ VM_GUEST_EXTRA="$ROOT/scripts/many-cpus/extra.sh"
 # host cores and each signal handler's munmap interrupts all of them; what
 # fits the test command's time.
 VM_TEST_OWNERS="libc"
+# The allocator's conformance tests too (every size and alignment, the C
+# contract's errors), on 64 possible CPUs.
+VM_MALLOC_TESTS="conformance"
 VM_GUEST_ENV="RESTARTABLE_MALLOC_TEST_OPS=350 RESTARTABLE_MALLOC_TEST_THREADS=32"
 
 # --- 1. prerequisites ---------------------------------------------------------
@@ -134,14 +137,14 @@ vm_verdict_extra() {
         check_block "allocator cache reclaimed from an offline CPU, owner $owner" \
             "test-many_cpu_caches-$owner" '\[hotplug\] allocator: cpu[0-9]+ offline \(rseq\)'
         check_block "PerCpu slots by mm_cid, owner $owner" \
-            "test-many_cpus-$owner" '\[mm-cid-memory\] PerCpu: 4 threads over 16 CPUs'
+            "test-many_cpus-$owner" '\[mm-cid-memory\] PerCpu: 4 threads over 16 CPUs .* by mm_cid [1-5] slots .* by CPU 16 slots'
         check_block "allocator cache blocks by mm_cid, owner $owner" \
-            "test-many_cpu_caches-$owner" '\[mm-cid-memory\] allocator: 4 threads over 16 CPUs'
+            "test-many_cpu_caches-$owner" '\[mm-cid-memory\] allocator: 4 threads over 16 CPUs: [0-9]+ cache blocks \([0-9]+ KiB; [01] new in the hops\) by mm_cid .*, 1[0-9] \([0-9]+ KiB; [0-9]+ new in the hops\) by CPU'
     done
     for name in increment-pinned percpu-pinned stack-pinned pool-pinned drain-pinned \
         counter-inject buffer-inject fetch-update-inject pool-inject allocator-ownership; do
         check "hot-plug run $name: exact, CPUs offline and back" \
-            "^$VM_TAG-HOTPLUG $name offlined=([2-9]|[1-9][0-9]+) onlined=[0-9]+ path=(rseq)? exact=true online_after=0-3,8-19\$"
+            "^$VM_TAG-HOTPLUG $name offlined=([2-9]|[1-9][0-9]+) onlined=[0-9]+ path=rseq exact=true online_after=0-3,8-19\$"
     done
     check "CPUs 40-47 online" "^$VM_TAG-CPUS .* online=0-3,8-19,40-47 count=24\$"
     check "taskset -c 44: info runs on CPU 44" "^$VM_TAG-TASKSET info cpu_id=44\$"

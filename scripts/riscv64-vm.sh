@@ -10,7 +10,7 @@
 # registration on (owner "libc", adopted through the weak __rseq_* symbols)
 # and off (GLIBC_TUNABLES=glibc.pthread.rseq=0: the library registers its
 # own area with the rseq system call, owner "library"), every test binary of
-# the library with each owner, and every stress mode, exact on the rseq path
+# the library (those about registration with each owner), and every stress mode, exact on the rseq path
 # (RESTARTABLE_REQUIRE_RSEQ=1). This script then checks the console log for
 # `RISCV64-VM: PASS`, for both registrations, for the sections test on the
 # rseq path and for the stress runs.

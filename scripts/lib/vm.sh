@@ -21,7 +21,8 @@
 # `restartable info --json` with glibc's rseq registration on (owner
 # "libc": the static binaries find it through the weak __rseq_* symbols)
 # and off (GLIBC_TUNABLES=glibc.pthread.rseq=0: owner "library"), every
-# test binary with each owner, and every stress mode with the owner
+# test binary (those about registration, VM_BOTH_OWNER_TESTS, with each
+# owner; the others with glibc's), and every stress mode with the owner
 # alternating, all with RESTARTABLE_REQUIRE_RSEQ=1. Every architecture a
 # script runs has critical sections: a build without them (no __rseq_cs
 # in the CLI, or `critical_sections` false in the guest) fails, and every
@@ -84,6 +85,9 @@ vm_setup() {
     # both whatever this says); VM_GUEST_ENV: VAR=VALUE words exported in
     # the guest.
     VM_TEST_OWNERS="libc library"
+    # The test binaries that run with every owner of VM_TEST_OWNERS (the
+    # rest with its first): those whose subject is the registration.
+    VM_BOTH_OWNER_TESTS="runtime sections abort_sweep first_registration fork restartable"
     VM_MISSING=()
     VM_TESTS=()
     VM_NOTES=()
@@ -342,12 +346,17 @@ vm_build_tests() {
     # this architecture: rseq and fallback paths, cpu_id and mm_cid
     # indexes), the index test (frees land in the block of the
     # thread's id) and the many-CPU test (cache memory by index; an
-    # offline CPU's cache reclaimed, where hot-plug is on). Its conformance and
-    # model tests do not depend on the architecture's sections and are too
-    # long under emulation: the host runs them.
+    # offline CPU's cache reclaimed, where hot-plug is on), and the tests
+    # VM_MALLOC_TESTS names (tests/<name>.rs; the many-CPU VM adds
+    # conformance). Its conformance and model tests do not depend on the
+    # architecture's sections and are long under emulation: the host runs
+    # them, and the other VMs leave them out.
+    local extra=() t2
+    for t2 in ${VM_MALLOC_TESTS:-}; do extra+=(--test "$t2"); done
     mapfile -t tests < <(vm_build_json test --no-run "${VM_PROFILE_FLAG[@]}" --target "$TARGET" \
-        -p restartable-malloc --features abort-stats --lib --test ownership --test index --test many_cpu_caches)
-    ((${#tests[@]} == 4)) || { echo "allocator test binaries not built" >&2; exit 1; }
+        -p restartable-malloc --features abort-stats --lib --test ownership --test index --test many_cpu_caches \
+        "${extra[@]}")
+    ((${#tests[@]} == 4 + ${#extra[@]} / 2)) || { echo "allocator test binaries not built" >&2; exit 1; }
     vm_add_test "${tests[@]}"
 }
 
@@ -377,6 +386,7 @@ STRESS_TIMEOUT=$STRESS_TIMEOUT
 INJECT_OPS=$INJECT_OPS
 TAG=$VM_TAG
 OWNERS="$VM_TEST_OWNERS"
+BOTH_OWNERS="$VM_BOTH_OWNER_TESTS"
 export RUST_BACKTRACE=$BACKTRACE ${VM_GUEST_ENV:-}
 EOF
     cat >>"$ramfs/init" <<'EOF'
@@ -451,9 +461,14 @@ sections=$(field critical_sections)
 info_check off library env $NORSEQ restartable
 echo "$TAG-SECTIONS critical_sections=$sections"
 [ "$sections" = true ] || failed="$failed critical-sections(none)"
-# Every test binary of the library with each owner.
+# Every test binary of the library: VM_BOTH_OWNER_TESTS with each owner.
 for t in /tests/*; do
-    for o in $OWNERS; do
+    # The registration-sensitive binaries with every owner; the others
+    # (their sections run the same once a thread is registered) with the
+    # first only.
+    owners=${OWNERS%% *}
+    case " $BOTH_OWNERS " in *" $(basename "$t") "*) owners=$OWNERS ;; esac
+    for o in $owners; do
         case $o in
             libc) run "test-$(basename "$t")-libc" env $REQ "$t" --test-threads=1 --nocapture ;;
             *) run "test-$(basename "$t")-library" env $NORSEQ $REQ "$t" --test-threads=1 --nocapture ;;

@@ -331,12 +331,12 @@ impl Caches {
 
     /// Empties every non-empty cache of block `cpu` under its guard, with
     /// one fence for the whole block ([`Guard::hold_each`]; a cache whose
-    /// guard another thread holds is skipped), handing each cache's
-    /// objects to `give(class, objects)` as its guard is released. The
-    /// guards of the block's later caches are held meanwhile, and `give`
-    /// takes a central list's lock: safe, as no thread holding an
-    /// allocator lock waits for a guard. The objects drained (0 when the
-    /// block is empty: no fence then).
+    /// guard another thread holds is skipped, left for the next sweep),
+    /// handing each cache's objects to `give(class, objects)` once its
+    /// guard is released. The block's later guards are still held then,
+    /// and `give` takes a central list's lock: safe, as no thread holding
+    /// an allocator lock waits for a guard. The objects drained (0 when
+    /// the block is empty: no fence then).
     pub(crate) fn drain_block(&self, cpu: usize, mut give: impl FnMut(usize, &[usize])) -> usize {
         const _: () = assert!(crate::classes::COUNT <= 64);
         if cpu >= self.ncpus {
@@ -356,27 +356,36 @@ impl Caches {
         let guards: [&Guard; crate::classes::COUNT] =
             core::array::from_fn(|i| self.guard(cpu, classes[i.min(n - 1)]));
         let mut drained = 0;
-        let mut buf = [0usize; SLOTS];
-        let _ = Guard::hold_each(&guards[..n], self.reach(cpu), |i| {
-            let at = self.base + cpu * STRIDE + classes[i] * CACHE;
-            // SAFETY: the count and the slots lie in the mapping; under the
-            // cache's guard, with the CPUs a section on it may run on
-            // fenced, no section or twin touches them.
-            let got = unsafe {
-                let count = &*((at + COUNT) as *const core::sync::atomic::AtomicU64);
-                let got = (count.load(core::sync::atomic::Ordering::Relaxed) as usize).min(SLOTS);
-                let slots = (at + 16) as *const usize;
-                for (k, o) in buf.iter_mut().enumerate().take(got) {
-                    *o = *slots.add(k);
+        // Filled under a guard, emptied after its release.
+        let buf = core::cell::RefCell::new([0usize; SLOTS]);
+        let _ = Guard::hold_each(
+            &guards[..n],
+            self.reach(cpu),
+            |i| {
+                let at = self.base + cpu * STRIDE + classes[i] * CACHE;
+                let mut out = buf.borrow_mut();
+                // SAFETY: the count and the slots lie in the mapping; under
+                // the cache's guard, with the CPUs a section on it may run
+                // on fenced, no section or twin touches them.
+                unsafe {
+                    let count = &*((at + COUNT) as *const core::sync::atomic::AtomicU64);
+                    let got =
+                        (count.load(core::sync::atomic::Ordering::Relaxed) as usize).min(SLOTS);
+                    let slots = (at + 16) as *const usize;
+                    for (k, o) in out.iter_mut().enumerate().take(got) {
+                        *o = *slots.add(k);
+                    }
+                    count.store(0, core::sync::atomic::Ordering::Relaxed);
+                    got
                 }
-                count.store(0, core::sync::atomic::Ordering::Relaxed);
-                got
-            };
-            if got > 0 {
-                give(classes[i], &buf[..got]);
-                drained += got;
-            }
-        });
+            },
+            |i, got| {
+                if got > 0 {
+                    give(classes[i], &buf.borrow()[..got]);
+                    drained += got;
+                }
+            },
+        );
         drained
     }
 

@@ -414,8 +414,9 @@ impl Heap {
     }
 
     /// Returns free memory to the system now (`malloc_trim`): every CPU's
-    /// cache goes back to the central lists, then every run with no object
-    /// in use goes back to the system. True when some memory went back.
+    /// cache goes back to the central lists (but one another thread holds
+    /// the guard of at that moment, left for the next sweep), then every
+    /// run with no object in use goes back to the system. True when some memory went back.
     /// Does nothing in a thread that holds an allocator lock (a signal
     /// handler inside the allocator).
     pub fn trim(&self) -> bool {

@@ -209,10 +209,16 @@ fn per_cpu_slots_under_mm_cid_grow_with_threads_not_cpus() {
     if has_cid && path() == "rseq" {
         assert_eq!(by_cid.slots_in_use(), cid_slots.len());
         if cpus::compact_mm_cids() {
-            // By mm_cid: ids below the threads alive, however many CPUs.
+            // By mm_cid: ids below the threads alive, however many CPUs,
+            // and a slot per worker (one more, should an id change).
             assert!(
                 cid_slots.iter().all(|&id| id < alive.max(THREADS)),
                 "mm_cid slots {cid_slots:?} with {alive} threads alive"
+            );
+            assert!(
+                cid_slots.len() <= THREADS + 1,
+                "{} mm_cid slots for {THREADS} threads: {cid_slots:?}",
+                cid_slots.len()
             );
         } else {
             println!("[mm-cid-memory] this kernel (before 6.13) does not keep mm_cids below the threads: not checked");

@@ -79,6 +79,9 @@ pub fn run(files: &[PathBuf], json: bool, plot: Option<&Path>) -> Result<(), Str
             Ok((f.display().to_string(), run))
         })
         .collect::<Result<_, String>>()?;
+    if let Some((f, _)) = runs.iter().find(|(_, r)| r.online_cpus == 0) {
+        return Err(format!("{f}: a run at 0 online CPUs"));
+    }
     runs.sort_by_key(|(_, r)| r.online_cpus);
     if let Some(w) = runs
         .windows(2)
@@ -165,6 +168,7 @@ fn growth(cpus: &[usize], values: &[Option<f64>]) -> Option<f64> {
 fn print_table(runs: &[Run], cpus: &[usize], series: &[Series]) {
     let counts: Vec<String> = cpus.iter().map(usize::to_string).collect();
     let mut paths: Vec<&str> = runs.iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
     paths.dedup();
     println!(
         "restartable bench remote --from: {} run{}, at {} online CPUs; path {}",
@@ -199,7 +203,7 @@ fn print_table(runs: &[Run], cpus: &[usize], series: &[Series]) {
     if let (Some(lo), Some(hi)) = (cpus.first(), cpus.last()) {
         if hi > lo {
             println!(
-                "growth: the figure at {hi} CPUs over that at {lo}, divided by {hi}/{lo}: 1.0 grows in proportion to the CPUs, {:.2} stays constant.",
+                "growth: the figure at {hi} CPUs over that at {lo}, divided by {hi}/{lo} (for a figure some runs lack: its last over its first run's, by their CPUs): 1.0 grows in proportion to the CPUs, {:.2} stays constant.",
                 *lo as f64 / *hi as f64
             );
         }
@@ -267,8 +271,10 @@ pub fn chart(file: &Path, runs: &[Run], names: &[String]) -> Result<(), String> 
     }
     let counts: Vec<String> = runs.iter().map(|r| r.online_cpus.to_string()).collect();
     let mut paths: Vec<&str> = runs.iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
     paths.dedup();
     let mut fences: Vec<&str> = runs.iter().map(|r| r.fence.as_str()).collect();
+    fences.sort_unstable();
     fences.dedup();
     let note = vec![
         format!(

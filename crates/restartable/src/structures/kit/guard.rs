@@ -132,11 +132,13 @@ impl Guard {
     }
 
     /// Holds as many of `guards` (at most 64) as it can, fences `reach`
-    /// once for all of them, then calls `f(i)` for each guard `i` it holds,
-    /// in order, releasing guard `i` as soon as `f(i)` returns (the rest
-    /// when `f` panics). One fence instead of one per guard: for a sweep
-    /// over many guarded caches of one CPU or `mm_cid`, whose fence
-    /// (`Reach::AnyCpu`: every CPU) costs more with every CPU.
+    /// once for all of them, then for each guard `i` it holds, in order,
+    /// calls `f(i)` under it, releases it, and calls `then(i, f's
+    /// result)` (the rest are released when `f` or `then` panics). One
+    /// fence instead of one per guard: for a sweep over many guarded
+    /// caches of one CPU or `mm_cid`, whose fence (`Reach::AnyCpu`: every
+    /// CPU) costs more with every CPU. `then` runs with guard `i` free
+    /// (and the later ones held): where the data taken out goes.
     ///
     /// The first guard is waited for as [`hold`](Self::hold) waits; the
     /// others are never waited for (the caller holds a guard by then): one
@@ -144,16 +146,19 @@ impl Guard {
     /// outer frame. `f` may take allocator-style locks, but the caller must
     /// not wait, while holding these guards, for anything whose holder may
     /// wait for one of them. Returns the mask of the guards it held
-    /// (bit `i`: `guards[i]`); guards past the 64th are skipped.
+    /// (bit `i`: `guards[i]`); guards past the 64th are skipped (a debug
+    /// build asserts there are none).
     ///
     /// # Errors
     /// [`Refused::Fence`] when no fence can be made (every guard is
     /// released again, and `f` is not called).
-    pub fn hold_each(
+    pub fn hold_each<R>(
         guards: &[&Guard],
         reach: Reach,
-        mut f: impl FnMut(usize),
+        mut f: impl FnMut(usize) -> R,
+        mut then: impl FnMut(usize, R),
     ) -> Result<u64, Refused> {
+        debug_assert!(guards.len() <= 64, "hold_each takes at most 64 guards");
         let me = token();
         let mut held = HeldSet { guards, mask: 0 };
         for (i, guard) in guards.iter().enumerate().take(64) {
@@ -180,8 +185,9 @@ impl Guard {
         fence_out(reach)?;
         for i in 0..guards.len().min(64) {
             if held.mask & (1 << i) != 0 {
-                f(i);
+                let r = f(i);
                 held.release(i);
+                then(i, r);
             }
         }
         Ok(mask)
@@ -409,13 +415,24 @@ mod tests {
         let guards: Vec<Guard> = (0..5).map(|_| Guard::new()).collect();
         let refs: Vec<&Guard> = guards.iter().collect();
         let mut seen = Vec::new();
-        let mask = Guard::hold_each(&refs, Reach::AnyCpu, |i| {
-            assert_eq!(guards[i].word.load(Ordering::Relaxed), token());
-            // Guards before `i` are released already.
-            assert!(free(&guards[..i]));
-            seen.push(i);
-        })
+        let mut after = Vec::new();
+        let mask = Guard::hold_each(
+            &refs,
+            Reach::AnyCpu,
+            |i| {
+                assert_eq!(guards[i].word.load(Ordering::Relaxed), token());
+                // Guards before `i` are released already.
+                assert!(free(&guards[..i]));
+                seen.push(i);
+                i * 10
+            },
+            |i, r| {
+                assert_eq!(guards[i].word.load(Ordering::Relaxed), 0, "released first");
+                after.push(r);
+            },
+        )
         .unwrap();
+        assert_eq!(after, [0, 10, 20, 30, 40]);
         assert_eq!(mask, 0b11111);
         assert_eq!(seen, [0, 1, 2, 3, 4]);
         assert!(free(&guards) && !holding());
@@ -439,7 +456,8 @@ mod tests {
             let mask = guards[1]
                 .hold(Reach::AnyCpu, || {
                     let mut seen = Vec::new();
-                    let mask = Guard::hold_each(&refs, Reach::AnyCpu, |i| seen.push(i)).unwrap();
+                    let mask = Guard::hold_each(&refs, Reach::AnyCpu, |i| seen.push(i), |_, ()| {})
+                        .unwrap();
                     assert_eq!(seen, [0, 3]);
                     mask
                 })
@@ -455,7 +473,13 @@ mod tests {
         let guards: Vec<Guard> = (0..3).map(|_| Guard::new()).collect();
         let refs: Vec<&Guard> = guards.iter().collect();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Guard::hold_each(&refs, Reach::Cpu(0), |i| assert_ne!(i, 1, "boom")).ok()
+            Guard::hold_each(
+                &refs,
+                Reach::Cpu(0),
+                |i| assert_ne!(i, 1, "boom"),
+                |_, ()| {},
+            )
+            .ok()
         }));
         assert!(result.is_err());
         assert!(free(&guards) && !holding());
